@@ -1,0 +1,188 @@
+"""ONNX export, ONNX Runtime sessions, parity checks and interleaved latency measurement.
+
+This package (``autocompress.export``) is the only place that imports ``onnx`` / ``onnxruntime``:
+everything runtime-specific lives here so the techniques stay framework-side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported to ONNX; the message names the exporter's complaint."""
+
+
+class ParityError(AssertionError):
+    """ONNX Runtime disagrees with PyTorch beyond the tolerance: the export is not deployable."""
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
+                dynamic_batch: bool = True, opset: int = 18, exporter: str = "auto") -> Path:
+    """Export ``model`` to a single self-contained ONNX file (weights embedded, no ``.onnx.data``).
+
+    ``exporter``: ``"dynamo"`` (torch's default since 2.9), ``"torchscript"`` (the legacy exporter,
+    still the most robust on RNNs), or ``"auto"``: dynamo first, falling back on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    order = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",),
+             "torchscript": ("torchscript",)}.get(exporter)
+    if order is None:
+        raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
+    errors = []
+    for kind in order:
+        try:
+            _export(model, example, path, kind, dynamic_batch, opset)
+            onnx.checker.check_model(str(path))
+            return path
+        except Exception as e:  # noqa: BLE001 - try the next exporter, report all at the end
+            errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+            log.debug("%s exporter failed on %s", kind, type(model).__name__, exc_info=True)
+    raise ExportError(f"cannot export {type(model).__name__} to ONNX: " + " | ".join(errors))
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path, kind: str, dynamic_batch: bool,
+            opset: int) -> None:
+    sink = io.StringIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        if kind == "dynamo":
+            shapes = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
+            prog = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=shapes,
+                                     input_names=["input"], output_names=["output"],
+                                     opset_version=opset, verbose=False, optimize=True)
+            # save() with external_data=False: one self-contained file (deployable as is)
+            prog.save(str(path), external_data=False)
+            extra = Path(str(path) + ".data")
+            if extra.exists():
+                extra.unlink()
+        else:
+            axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=axes,
+                              input_names=["input"], output_names=["output"],
+                              opset_version=opset)
+
+
+def onnx_bytes(path: str | Path) -> int:
+    """Size of the deployable file (self-contained, so the file is the whole model)."""
+    return Path(path).stat().st_size
+
+
+def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    inp = sess.get_inputs()[0]
+    return sess.run(None, {inp.name: x.astype(np.float32, copy=False)})[0]
+
+
+def ort_accuracy(path: str | Path, loader: Iterable, threads: int = 1) -> float:
+    """Top-1 accuracy of the exported model on ONNX Runtime (the accuracy a deployment gets)."""
+    sess = session(path, threads)
+    correct = total = 0
+    for x, y in loader:
+        out = run(sess, x)
+        correct += int((out.argmax(-1) == y.numpy()).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+@dataclass
+class ParityReport:
+    max_abs_diff: float
+    top1_agreement: float
+    samples: int
+
+    def to_dict(self) -> dict:
+        return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
+                "samples": self.samples}
+
+
+def check_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor, *, atol: float = 1e-3,
+                 min_agreement: float = 1.0) -> ParityReport:
+    """Compare PyTorch and ONNX Runtime outputs on real ``inputs``; raise :class:`ParityError`
+    if the largest absolute difference exceeds ``atol`` or top-1 agreement is below ``min_agreement``."""
+    model.eval()
+    with torch.no_grad():
+        ref = model(inputs).numpy()
+    got = run(session(path), inputs)
+    if got.shape != ref.shape:
+        raise ParityError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")
+    diff = float(np.abs(got - ref).max())
+    agree = float((got.argmax(-1) == ref.argmax(-1)).mean()) if ref.ndim > 1 else 1.0
+    rep = ParityReport(diff, agree, int(inputs.shape[0]))
+    if not np.isfinite(diff) or diff > atol or agree < min_agreement:
+        raise ParityError(f"{path}: ONNX Runtime disagrees with PyTorch: max |diff| {diff:.3g} "
+                          f"(tolerance {atol:.3g}), top-1 agreement {agree:.2%} "
+                          f"(required {min_agreement:.2%}) on {rep.samples} inputs")
+    return rep
+
+
+@dataclass
+class LatencyStats:
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs}
+
+
+def measure_latency(models: Mapping[str, str | Path], input_shape: tuple[int, ...],
+                    batch_sizes: Iterable[int] = (1, 64), threads: int = 1, warmup: int = 10,
+                    runs: int = 100, min_time_s: float = 0.0) -> dict[str, dict[int, LatencyStats]]:
+    """Median latency of each ONNX model on ONNX Runtime's CPU provider.
+
+    Runs of the models *interleave* (A, B, A, B, ...) in one process, so a burst of load on a shared
+    machine hits all of them alike and their ratio stays trustworthy.
+    ``input_shape`` excludes the batch dimension.
+    """
+    sessions = {k: session(p, threads) for k, p in models.items()}
+    names = {k: s.get_inputs()[0].name for k, s in sessions.items()}
+    out: dict[str, dict[int, LatencyStats]] = {k: {} for k in models}
+    rng = np.random.default_rng(0)
+    for b in batch_sizes:
+        x = rng.random((b, *input_shape), dtype=np.float32)
+        for k, s in sessions.items():
+            for _ in range(warmup):
+                s.run(None, {names[k]: x})
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        t_start = time.perf_counter()
+        i = 0
+        while i < runs or time.perf_counter() - t_start < min_time_s:
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, {names[k]: x})
+                times[k].append((time.perf_counter() - t0) * 1e3)
+            i += 1
+        for k, ts in times.items():
+            ts.sort()
+            out[k][b] = LatencyStats(statistics.median(ts), ts[int(0.9 * (len(ts) - 1))], len(ts))
+    return out

@@ -1,0 +1,109 @@
+"""Accuracy on a chosen split, parameter / non-zero counts, MACs, bytes and ONNX Runtime latency.
+
+Decisions use the ``val`` split; reports use ``test``. Latency of models that are compared is
+measured interleaved in one process (see :func:`autocompress.export.measure_latency`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from autocompress.data import Splits
+from autocompress.export import export_onnx, measure_latency, onnx_bytes, ort_accuracy
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in model.parameters())
+
+
+def fp32_bytes(model: nn.Module) -> int:
+    """What the parameters weigh stored densely as float32 (the paper's "before" size)."""
+    return 4 * count_params(model)
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass for ``example`` (dense, as executed).
+
+    Uses torch's own FLOP counter (covers conv, matmul, attention, RNN cells via their matmuls);
+    one MAC = two FLOPs.
+    """
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(example)
+    return counter.get_total_flops() // 2
+
+
+@dataclass
+class Measurement:
+    """One model, measured. Accuracies are in [0, 1]; latency maps batch size -> median ms."""
+
+    name: str
+    params: int
+    nonzero: int
+    macs: int
+    fp32_bytes: int
+    onnx_bytes: int | None = None
+    storage_bytes: int | None = None   # compressed artifact, when there is one
+    accuracy: dict[str, float] = field(default_factory=dict)      # split -> accuracy (PyTorch)
+    ort_accuracy: dict[str, float] = field(default_factory=dict)  # split -> accuracy (ONNX Runtime)
+    latency_ms: dict[int, float] = field(default_factory=dict)
+    onnx_path: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Measurement":
+        d = dict(d)
+        d["latency_ms"] = {int(k): float(v) for k, v in d.get("latency_ms", {}).items()}
+        return cls(**d)
+
+    @property
+    def deployed_bytes(self) -> int:
+        return self.storage_bytes or self.onnx_bytes or self.fp32_bytes
+
+
+def measure(model: nn.Module, data: Splits, name: str = "model", *, splits: tuple[str, ...] = ("test",),
+            onnx_path: str | Path | None = None, export: bool = True, limit: int | None = None) -> Measurement:
+    """Static measurements plus accuracy on ``splits``; exports to ONNX (or uses ``onnx_path``) and
+    measures the deployed model's accuracy on ONNX Runtime. Latency is measured by :func:`compare`."""
+    from autocompress.train import evaluate
+
+    example = data.example_input(1)
+    m = Measurement(name, count_params(model), count_nonzero(model), count_macs(model, example),
+                    fp32_bytes(model))
+    for s in splits:
+        m.accuracy[s] = evaluate(model, data.loader(s, 1000, limit=limit))
+    if onnx_path is None and export:
+        onnx_path = Path(tempfile.mkdtemp(prefix="autocompress-")) / f"{name}.onnx"
+        export_onnx(model, example, onnx_path)
+    if onnx_path is not None:
+        m.onnx_path = str(onnx_path)
+        m.onnx_bytes = onnx_bytes(onnx_path)
+        for s in splits:
+            m.ort_accuracy[s] = ort_accuracy(onnx_path, data.loader(s, 1000, limit=limit))
+    return m
+
+
+def compare(measurements: Mapping[str, Measurement], input_shape: tuple[int, ...],
+            batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, runs: int = 100,
+            warmup: int = 10) -> None:
+    """Fill ``latency_ms`` of each measurement, running their ONNX models interleaved."""
+    paths = {k: m.onnx_path for k, m in measurements.items() if m.onnx_path}
+    lat = measure_latency(paths, input_shape, batch_sizes, threads=threads, runs=runs, warmup=warmup)
+    for k, per_batch in lat.items():
+        measurements[k].latency_ms = {b: s.median_ms for b, s in per_batch.items()}

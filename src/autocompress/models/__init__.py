@@ -1,0 +1,8 @@
+"""Reference models (Deep Compression, Table 1) and safe weight loading."""
+
+from autocompress.models.lenet import LeNet5, LeNet300100, MODELS, build_model
+from autocompress.models.weights_io import (WeightsError, baseline_path, load_baseline,
+                                            load_weights, save_weights)
+
+__all__ = ["LeNet5", "LeNet300100", "MODELS", "build_model", "WeightsError", "baseline_path",
+           "load_baseline", "load_weights", "save_weights"]

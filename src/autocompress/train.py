@@ -1,0 +1,133 @@
+"""A minimal, distillation-aware training / fine-tuning loop and accuracy evaluation.
+
+The user's loop stays theirs: every technique takes an optional ``train_step(model, x, y, opt)``
+or a whole ``finetune(model) -> model`` callable instead of this one. Hooks run after each
+optimizer step (pruning masks and weight sharing use them to stay enforced during fine-tuning).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from autocompress.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+StepHook = Callable[[nn.Module], None]
+
+
+@dataclass
+class TrainConfig(Config):
+    epochs: float = 1.0            # fractional epochs allowed: 0.25 = a quarter pass
+    lr: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"TrainConfig.epochs must be >= 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}")
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainConfig | None = None,
+        loss_fn: LossFn | None = None, hooks: Iterable[StepHook] = (), desc: str = "train") -> nn.Module:
+    """Train ``model`` in place for ``cfg.epochs`` on ``data`` (a Dataset or a DataLoader).
+
+    ``loss_fn(model, x, y)`` defaults to cross-entropy; distillation passes its own.
+    ``hooks`` run after every optimizer step (e.g. re-apply pruning masks).
+    """
+    cfg = cfg or TrainConfig()
+    loss_fn = loss_fn or cross_entropy
+    torch.manual_seed(cfg.seed)
+    if isinstance(data, torch.utils.data.Dataset):
+        data = DataLoader(data, batch_size=cfg.batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(cfg.seed))
+    steps_per_epoch = len(data)  # type: ignore[arg-type]
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch)) if cfg.epochs > 0 else 0
+    if total == 0:
+        return model
+    opt = make_optimizer(model, cfg)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+             if cfg.schedule == "cosine" else None)
+    hooks = list(hooks)
+    model.train()
+    step = 0
+    bar = tqdm(total=total, desc=desc, disable=not cfg.progress, leave=False, unit="step")
+    try:
+        while step < total:
+            for x, y in data:
+                loss = loss_fn(model, x, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; "
+                                             f"lower the learning rate ({cfg.lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                for h in hooks:
+                    h(model)
+                step += 1
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                if step >= total:
+                    break
+    finally:
+        bar.close()
+        model.eval()
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += (model(x).argmax(-1) == y).sum().item()
+        total += y.numel()
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return correct / total
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    outs, ys = [], []
+    for x, y in loader:
+        outs.append(model(x))
+        ys.append(y)
+    return torch.cat(outs), torch.cat(ys)
