@@ -1,0 +1,419 @@
+"""One-file compressed storage of a pruned / clustered / quantized model (Deep Compression, section 4).
+
+File layout (little endian)::
+
+    b"ACMP" | version u8 | crc32(payload) u32 | len(payload) u32 | payload
+    payload = meta coder u8 | len(meta) u32 | meta (JSON, maybe zstd/lzma) | stream bytes ...
+
+``meta`` holds the architecture description (:mod:`autocompress.encode.archspec`: rebuilt without
+pickle or arbitrary code) and, per state-dict tensor, its encoding and the (coder, count, alphabet,
+size) of each of its streams. Every tensor is encoded in each applicable way and the smallest is kept:
+
+- ``raw``: its bytes (fp32 stored as fp16 when that is exact), optionally byte-plane shuffled;
+- ``codebook``: <= 256 distinct non-zero fp32 values (weight sharing): codebook (fp16 if exact) plus
+  one index per weight;
+- ``int8grid``: fp32 weights equal to ``q * scale[channel]`` with int8 ``q`` (quantized models);
+- ``ints``: int8 / uint8 tensors.
+
+Index symbols are laid out ``dense`` (zero is a symbol) or ``sparse`` (relative positions of the
+non-zeros as gaps capped at ``cap``, a gap symbol ``cap`` meaning "skip cap zeros", plus the non-zero
+symbols), then each stream goes through the smallest of bit-packing, Huffman, zstd and lzma.
+Every encoding is decoded again and compared bit-for-bit before it is accepted, so loading restores
+exactly the tensors that were saved and the model's outputs are bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import lzma
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import zstandard
+from torch import nn
+
+from autocompress.encode import entropy
+from autocompress.encode.archspec import ArchError, describe, rebuild
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"ACMP"
+VERSION = 1
+_HEAD = struct.Struct("<4sBII")          # magic, version, crc32, payload length
+_GAP_CAPS = (15, 31, 63, 127, 255)
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
+           "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class StorageError(ValueError):
+    """The artifact is not an autocompress file, is truncated or corrupted, or does not fit the model."""
+
+
+Streams = list[tuple[str, int, int, bytes]]       # (coder, n symbols, alphabet, data)
+
+
+# -- streams -------------------------------------------------------------------------------
+
+def _enc(sym: np.ndarray, alphabet: int) -> tuple[str, int, int, bytes]:
+    coder, data = entropy.encode_best(sym, alphabet)
+    return coder, len(sym), alphabet, data
+
+
+def _enc_bytes(raw: bytes) -> tuple[str, int, int, bytes]:
+    return _enc(np.frombuffer(raw, dtype=np.uint8), 256)
+
+
+def _layout(dsym: np.ndarray, alphabet: int, zero: int | None) -> list[tuple[dict, Streams]]:
+    """Dense and sparse layouts of index symbols ``dsym`` (one per weight); ``zero`` = zero's symbol."""
+    out = [({"layout": "dense"}, [_enc(dsym, alphabet)])]
+    if zero is None:
+        return out
+    nz = np.flatnonzero(dsym != zero)
+    vals = dsym[nz]
+    vals = vals - (vals > zero)                  # the zero symbol never appears among non-zeros
+    vstream = _enc(vals, max(1, alphabet - 1))
+    gaps = np.diff(nz, prepend=-1) - 1           # zeros skipped before each non-zero
+    for cap in _GAP_CAPS:
+        fill = gaps // cap                       # "skip cap" tokens before the remainder
+        tokens = np.full(int(fill.sum() + len(gaps)), cap, dtype=np.int64)
+        ends = np.cumsum(fill + 1) - 1           # where each remainder token goes
+        tokens[ends] = gaps - fill * cap
+        out.append(({"layout": "sparse", "cap": cap, "nnz": int(len(nz))},
+                    [_enc(tokens, cap + 1), vstream]))
+    return out
+
+
+def _unlayout(meta: dict, streams: list[np.ndarray], numel: int, zero: int | None) -> np.ndarray:
+    if meta["layout"] == "dense":
+        return streams[0]
+    cap, tokens, vals = int(meta["cap"]), streams[0], streams[1]
+    if zero is None or len(vals) != int(meta["nnz"]):
+        raise StorageError("sparse layout is inconsistent")
+    adv = tokens + (tokens != cap)               # a value token consumes its own position too
+    pos = np.cumsum(adv)[tokens != cap] - 1
+    if len(pos) != len(vals) or (len(pos) and (pos[-1] >= numel or pos.min() < 0)):
+        raise StorageError("sparse positions fall outside the tensor")
+    dsym = np.full(numel, zero, dtype=np.int64)
+    dsym[pos] = vals + (vals >= zero)
+    return dsym
+
+
+# -- tensor encodings: each returns candidate (meta, streams); decoders invert them ----------
+
+def _f32_bits(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().view(torch.int32).reshape(-1).numpy()
+
+
+def _small_floats(vals: np.ndarray) -> tuple[str, bytes]:
+    """fp32 values as fp16 bytes when that round-trips bit-exactly, else fp32 bytes."""
+    f = vals.astype("<f4")
+    h = f.astype("<f2")
+    if np.array_equal(h.astype("<f4").view("<i4"), f.view("<i4")):
+        return "float16", h.tobytes()
+    return "float32", f.tobytes()
+
+
+def _floats_from(kind: str, raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f2" if kind == "float16" else "<f4").astype("<f4")
+
+
+def _raw_candidates(t: torch.Tensor, hint: Any) -> list[tuple[dict, Streams]]:
+    t = t.detach().contiguous()
+    stored = t
+    if t.dtype == torch.float32 and torch.equal(t.half().float().view(torch.int32), t.view(torch.int32)):
+        stored = t.half()                        # exact in fp16: half the bytes
+    arr = stored.reshape(-1).view(torch.uint8).numpy() if stored.numel() else np.zeros(0, np.uint8)
+    item = stored.element_size()
+    out = [({"enc": "raw", "as": _DTYPE_NAMES[stored.dtype], "shuffle": False}, [_enc(arr, 256)])]
+    if item > 1 and arr.size:
+        planes = arr.reshape(-1, item).T.reshape(-1)     # byte planes: exponents compress together
+        out.append(({"enc": "raw", "as": _DTYPE_NAMES[stored.dtype], "shuffle": True},
+                    [_enc(planes, 256)]))
+    return out
+
+
+def _raw_decode(meta: dict, streams: list[np.ndarray], numel: int, dtype: torch.dtype,
+                shape: tuple[int, ...]) -> torch.Tensor:
+    arr = streams[0].astype(np.uint8)
+    as_dt = _DTYPES[meta["as"]]
+    item = torch.empty(0, dtype=as_dt).element_size()
+    if meta["shuffle"]:
+        arr = arr.reshape(item, -1).T.reshape(-1)
+    if arr.size != numel * item:
+        raise StorageError(f"raw stream holds {arr.size} bytes, expected {numel * item}")
+    t = torch.from_numpy(arr.copy()).view(as_dt)
+    return t.to(dtype)
+
+
+def _codebook_candidates(t: torch.Tensor, hint: Any) -> list[tuple[dict, Streams]]:
+    if t.dtype != torch.float32 or t.numel() < 16:
+        return []
+    bits = _f32_bits(t)
+    uniq, inv = np.unique(bits, return_inverse=True)      # bit patterns: -0.0 and NaNs kept exact
+    has_zero = bool((uniq == 0).any())
+    nonzero = uniq[uniq != 0]
+    if len(nonzero) > 256 or len(nonzero) * 4 > t.numel():
+        return []
+    kind, cb = _small_floats(nonzero.view("<f4"))
+    # symbols: 0 = exact +0.0 (when present), then the codebook in order
+    dsym = np.searchsorted(nonzero, bits) + (1 if has_zero else 0)
+    dsym[bits == 0] = 0
+    alphabet = len(nonzero) + (1 if has_zero else 0)
+    head = {"enc": "codebook", "cb": kind, "k": int(len(nonzero)), "zero": has_zero}
+    cbs = _enc_bytes(cb)
+    return [({**head, **lay}, [cbs, *st]) for lay, st in _layout(dsym, max(alphabet, 1),
+                                                                  0 if has_zero else None)]
+
+
+def _codebook_decode(meta: dict, streams: list[np.ndarray], numel: int, dtype: torch.dtype,
+                     shape: tuple[int, ...]) -> torch.Tensor:
+    cb = _floats_from(meta["cb"], streams[0].astype(np.uint8).tobytes())
+    if len(cb) != int(meta["k"]):
+        raise StorageError("codebook size mismatch")
+    zero = 0 if meta["zero"] else None
+    dsym = _unlayout(meta, streams[1:], numel, zero)
+    table = np.concatenate([np.zeros(1, "<f4"), cb]) if zero is not None else cb
+    if len(dsym) != numel or (len(dsym) and dsym.max() >= len(table)):
+        raise StorageError("codebook indices out of range")
+    return torch.from_numpy(table[dsym].astype("<f4"))
+
+
+def _grid_scales(t: torch.Tensor, hint: Any) -> list[torch.Tensor]:
+    """Candidate per-channel scales: the caller's, else absmax / 127 (symmetric int8) and neighbours."""
+    if hint is not None:
+        return [hint.detach().float().reshape(-1)]
+    amax = t.detach().abs().reshape(t.shape[0], -1).amax(1)
+    s = (amax / 127).float()
+    return [s, torch.nextafter(s, torch.full_like(s, np.inf)), torch.nextafter(s, torch.zeros_like(s))]
+
+
+def _int8grid_candidates(t: torch.Tensor, hint: Any) -> list[tuple[dict, Streams]]:
+    if t.dtype != torch.float32 or t.ndim < 1 or t.numel() < 16:
+        return []
+    w = t.detach().reshape(t.shape[0], -1)
+    for s in _grid_scales(t, hint):
+        if s.numel() != t.shape[0] or not torch.all(s > 0) or not torch.isfinite(s).all():
+            continue
+        q = torch.round(w / s[:, None]).clamp(-128, 127)
+        if torch.equal((q * s[:, None]).view(torch.int32), w.contiguous().view(torch.int32)):
+            dsym = (q.to(torch.int64) + 128).reshape(-1).numpy()
+            head = {"enc": "int8grid"}
+            sstream = _enc_bytes(s.numpy().astype("<f4").tobytes())
+            return [({**head, **lay}, [sstream, *st]) for lay, st in _layout(dsym, 256, 128)]
+    return []
+
+
+def _int8grid_decode(meta: dict, streams: list[np.ndarray], numel: int, dtype: torch.dtype,
+                     shape: tuple[int, ...]) -> torch.Tensor:
+    s = torch.from_numpy(np.frombuffer(streams[0].astype(np.uint8).tobytes(), "<f4").copy())
+    q = torch.from_numpy(_unlayout(meta, streams[1:], numel, 128) - 128).float()
+    if s.numel() != shape[0]:
+        raise StorageError("int8 scales do not match the channel count")
+    return (q.reshape(shape[0], -1) * s[:, None]).reshape(-1)
+
+
+def _ints_candidates(t: torch.Tensor, hint: Any) -> list[tuple[dict, Streams]]:
+    if t.dtype not in (torch.int8, torch.uint8) or t.numel() == 0:
+        return []
+    off = 128 if t.dtype == torch.int8 else 0
+    dsym = t.detach().reshape(-1).to(torch.int64).numpy() + off
+    return [({"enc": "ints", **lay}, st) for lay, st in _layout(dsym, 256, off)]
+
+
+def _ints_decode(meta: dict, streams: list[np.ndarray], numel: int, dtype: torch.dtype,
+                 shape: tuple[int, ...]) -> torch.Tensor:
+    off = 128 if dtype == torch.int8 else 0
+    return torch.from_numpy(_unlayout(meta, streams, numel, off) - off).to(dtype)
+
+
+_CANDIDATES: tuple[Callable[[torch.Tensor, Any], list[tuple[dict, Streams]]], ...] = (
+    _raw_candidates, _codebook_candidates, _int8grid_candidates, _ints_candidates)
+_DECODERS: dict[str, Callable[..., torch.Tensor]] = {
+    "raw": _raw_decode, "codebook": _codebook_decode, "ints": _ints_decode, "int8grid": _int8grid_decode}
+
+
+def _decode_tensor(meta: dict, streams: list[np.ndarray], shape: tuple[int, ...],
+                   dtype: torch.dtype) -> torch.Tensor:
+    numel = int(np.prod(shape)) if shape else 1
+    enc = meta.get("enc")
+    if enc not in _DECODERS:
+        raise StorageError(f"unknown tensor encoding {enc!r}")
+    flat = _DECODERS[enc](meta, streams, numel, dtype, shape)
+    if flat.numel() != numel:
+        raise StorageError(f"decoded {flat.numel()} values, expected {numel}")
+    return flat.to(dtype).reshape(shape)
+
+
+def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == torch.bool:
+        return torch.equal(a, b)
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def _encode_tensor(name: str, t: torch.Tensor, hint: Any) -> tuple[dict, Streams]:
+    t = t.detach().cpu().contiguous()
+    if t.dtype not in _DTYPE_NAMES:
+        raise StorageError(f"tensor {name!r} has dtype {t.dtype}, which the artifact cannot store")
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    best: tuple[dict, Streams] | None = None
+    size = lambda c: sum(len(s[3]) for s in c[1]) + 8 * len(c[1])   # streams + their meta, roughly
+    for make in _CANDIDATES:
+        for cand in make(t, hint):
+            if best is not None and size(cand) >= size(best):
+                continue
+            decoded = _decode_tensor(cand[0], [entropy.decode(c, d, n, a) for c, n, a, d in cand[1]],
+                                     tuple(t.shape), t.dtype)
+            if _bit_equal(decoded, t):           # only exact encodings are ever kept
+                best = cand
+            else:
+                log.debug("%s: %s encoding not exact, skipped", name, cand[0].get("enc"))
+    if best is None:
+        raise StorageError(f"tensor {name!r}: no exact encoding found")
+    return best
+
+
+# -- file ----------------------------------------------------------------------------------
+
+def _pack_meta(meta: dict) -> tuple[int, bytes]:
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    options = [(0, raw),
+               (1, zstandard.ZstdCompressor(level=22, write_checksum=False).compress(raw)),
+               (2, lzma.compress(raw, format=lzma.FORMAT_RAW, filters=entropy._LZMA_FILTERS))]
+    return min(options, key=lambda o: len(o[1]))
+
+
+def _unpack_meta(kind: int, data: bytes) -> dict:
+    try:
+        if kind == 1:
+            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 28)
+        elif kind == 2:
+            data = lzma.decompress(data, format=lzma.FORMAT_RAW, filters=entropy._LZMA_FILTERS)
+        elif kind != 0:
+            raise StorageError(f"unknown metadata coder {kind}")
+        meta = json.loads(data)
+    except (zstandard.ZstdError, lzma.LZMAError, ValueError) as e:
+        raise StorageError(f"metadata cannot be read: {e}") from None
+    if not isinstance(meta, dict) or "arch" not in meta or "tensors" not in meta:
+        raise StorageError("metadata lacks the architecture or the tensor table")
+    return meta
+
+
+def save_compressed(model: nn.Module, path: str | Path, *,
+                    model_factory: Callable[[], nn.Module] | None = None,
+                    int8_scales: dict[str, torch.Tensor] | None = None,
+                    metadata: dict[str, Any] | None = None) -> int:
+    """Write ``model`` to one compressed file; returns the bytes written (the whole file).
+
+    ``model_factory``: for a model that is neither bundled nor made only of common layers, a
+    callable building it (the same must be given to :func:`load_compressed`).
+    ``int8_scales``: ``{state-dict name: (out_channels,) scale}`` of weights quantized as
+    ``q * scale`` (found automatically for symmetric absmax scales).
+    ``metadata``: small JSON-able dict stored alongside (e.g. accuracy, recipe).
+    """
+    try:
+        arch = describe(model, model_factory)
+        ref = rebuild(arch, model_factory).state_dict()
+    except ArchError as e:
+        raise StorageError(f"save_compressed: {e}") from None
+    sd = model.state_dict()
+    _check_keys(sd, ref, "the model", "its rebuilt architecture (is pruning re-parametrization still "
+                "attached? make it permanent first)")
+    tensors, blobs = [], []
+    for name, t in sd.items():
+        meta, streams = _encode_tensor(name, t, (int8_scales or {}).get(name))
+        meta.update(name=name, shape=list(t.shape), dtype=_DTYPE_NAMES[t.dtype],
+                    streams=[[c, n, a, len(d)] for c, n, a, d in streams])
+        tensors.append(meta)
+        blobs.extend(d for *_, d in streams)
+    kind, mbytes = _pack_meta({"arch": arch, "tensors": tensors, "extra": metadata or {}})
+    payload = b"".join([struct.pack("<BI", kind, len(mbytes)), mbytes, *blobs])
+    data = _HEAD.pack(MAGIC, VERSION, zlib.crc32(payload), len(payload)) + payload
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    log.info("save_compressed: %s, %d bytes", path, len(data))
+    return len(data)
+
+
+def _check_keys(sd: dict, ref: dict, a: str, b: str) -> None:
+    missing, extra = sorted(set(ref) - set(sd)), sorted(set(sd) - set(ref))
+    if missing or extra:
+        raise StorageError(f"{a} and {b} disagree: missing {missing[:5]}, unexpected {extra[:5]}")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(ref[k].shape) or v.dtype != ref[k].dtype:
+            raise StorageError(f"tensor {k!r}: {a} has {tuple(v.shape)} {v.dtype}, {b} has "
+                               f"{tuple(ref[k].shape)} {ref[k].dtype}")
+
+
+def _read(path: str | Path) -> tuple[dict, bytes, int]:
+    path = Path(path)
+    if not path.exists():
+        raise StorageError(f"{path}: file does not exist")
+    data = path.read_bytes()
+    if len(data) < _HEAD.size or data[:4] != MAGIC:
+        raise StorageError(f"{path}: not an autocompress artifact (bad magic)")
+    _, version, crc, plen = _HEAD.unpack_from(data)
+    if version > VERSION:
+        raise StorageError(f"{path}: format version {version} is newer than this reader ({VERSION})")
+    payload = data[_HEAD.size:]
+    if len(payload) < plen:
+        raise StorageError(f"{path}: truncated: {len(payload)} of {plen} payload bytes present")
+    if len(payload) > plen:
+        raise StorageError(f"{path}: {len(payload) - plen} unexpected trailing bytes")
+    if zlib.crc32(payload) != crc:
+        raise StorageError(f"{path}: checksum mismatch: the file is corrupted")
+    kind, mlen = struct.unpack_from("<BI", payload)
+    meta = _unpack_meta(kind, payload[5:5 + mlen])
+    return meta, payload, 5 + mlen
+
+
+def load_compressed(path: str | Path, model_factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """Rebuild the model stored by :func:`save_compressed` (eval mode, bit-identical tensors)."""
+    meta, payload, off = _read(path)
+    try:
+        model = rebuild(meta["arch"], model_factory)
+    except ArchError as e:
+        raise StorageError(f"{path}: {e}") from None
+    sd = {}
+    for tm in meta["tensors"]:
+        try:
+            name, shape, dtype = tm["name"], tuple(int(s) for s in tm["shape"]), _DTYPES[tm["dtype"]]
+            streams = []
+            for coder, n, alphabet, size in tm["streams"]:
+                if off + size > len(payload):
+                    raise StorageError("stream runs past the end of the file")
+                streams.append(entropy.decode(coder, payload[off:off + size], int(n), int(alphabet)))
+                off += size
+            t = _decode_tensor(tm, streams, shape, dtype)
+        except (KeyError, TypeError, ValueError, entropy.CodecError) as e:
+            raise StorageError(f"{path}: tensor {tm.get('name', '?')!r} cannot be decoded: {e}") from None
+        if dtype == torch.bool:
+            t = t.to(torch.bool)
+        sd[name] = t
+    if off != len(payload):
+        raise StorageError(f"{path}: {len(payload) - off} bytes of the payload were not consumed")
+    _check_keys(sd, model.state_dict(), "the artifact", "the rebuilt architecture")
+    model.load_state_dict(sd)
+    return model.eval()
+
+
+def artifact_info(path: str | Path) -> dict[str, Any]:
+    """Per-tensor encoding and byte counts of an artifact (to see where the bytes go)."""
+    meta, payload, off = _read(path)
+    rows = []
+    for tm in meta["tensors"]:
+        rows.append({"name": tm["name"], "shape": tm["shape"], "enc": tm["enc"],
+                     "layout": tm.get("layout", "-"), "coders": [s[0] for s in tm["streams"]],
+                     "bytes": sum(s[3] for s in tm["streams"])})
+    return {"file_bytes": _HEAD.size + len(payload), "meta_bytes": off - 5, "arch": meta["arch"],
+            "tensors": rows, "extra": meta.get("extra", {})}

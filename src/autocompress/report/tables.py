@@ -1,0 +1,141 @@
+"""Markdown tables from a report dict (the ``report.json`` schema); every key is optional.
+
+Figures that are worse than the baseline are shown as such ("1.3x slower"), never hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DASH = "—"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return DASH
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_ms(v: float | None) -> str:
+    return DASH if v is None else f"{v:.3f} ms"
+
+
+def fmt_pct(v: float | None) -> str:
+    return DASH if v is None else f"{100 * v:.2f} %"
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def accuracy_of(m: dict | None, split: str = "test") -> tuple[float | None, str]:
+    """Deployed (ONNX Runtime) accuracy when measured, else PyTorch's; and which one it is."""
+    m = m or {}
+    for key, label in (("ort_accuracy", "ONNX Runtime"), ("accuracy", "PyTorch")):
+        v = _num((m.get(key) or {}).get(split))
+        if v is not None:
+            return v, label
+    return None, ""
+
+
+def latency_of(m: dict | None, batch: int) -> float | None:
+    lat = (m or {}).get("latency_ms") or {}
+    return _num(lat.get(str(batch), lat.get(batch)))
+
+
+def _ratio_smaller(before: float | None, after: float | None) -> str:
+    if not before or not after:
+        return DASH
+    r = before / after
+    return f"{r:.1f}x smaller" if r >= 1 else f"{1 / r:.2f}x larger"
+
+
+def _ratio_faster(before: float | None, after: float | None) -> str:
+    if not before or not after:
+        return DASH
+    r = before / after
+    return f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    def clean(c: Any) -> str:
+        return str(c).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(clean(h) for h in header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(clean(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def before_after_rows(report: dict) -> list[list[str]]:
+    """Rows of (what, before, after, change): sizes, latency at batch 1 and 64, test accuracy."""
+    b, f = report.get("baseline") or {}, report.get("final") or {}
+    rows = []
+    before_size = _num(b.get("fp32_bytes"))
+    storage = _num(f.get("storage_bytes"))
+    if storage is not None or not f.get("onnx_bytes"):
+        rows.append(["size (storage artifact vs fp32 parameters)", fmt_bytes(before_size),
+                     fmt_bytes(storage), _ratio_smaller(before_size, storage)])
+    bo, fo = _num(b.get("onnx_bytes")), _num(f.get("onnx_bytes"))
+    if bo is not None or fo is not None:
+        rows.append(["size (deployed ONNX file)", fmt_bytes(bo), fmt_bytes(fo), _ratio_smaller(bo, fo)])
+    for batch in (1, 64):
+        lb, lf = latency_of(b, batch), latency_of(f, batch)
+        rows.append([f"latency, batch {batch} (ONNX Runtime)", fmt_ms(lb), fmt_ms(lf), _ratio_faster(lb, lf)])
+    ab, lab = accuracy_of(b)
+    af, laf = accuracy_of(f)
+    change = DASH if ab is None or af is None else f"{100 * (af - ab):+.2f} points"
+    label = f"accuracy (test, {laf or lab})" if (laf or lab) else "accuracy (test)"
+    rows.append([label, fmt_pct(ab), fmt_pct(af), change])
+    return rows
+
+
+def before_after_table(report: dict) -> str:
+    """The before/after table in markdown (the demo prints it too)."""
+    return md_table(["", "before (fp32)", "after", "change"], before_after_rows(report))
+
+
+TRIAL_HEADER = ["#", "state", "recipe", "val accuracy", "size", "latency", "feasible", "time", "note"]
+
+
+def describe_recipe(recipe: Any) -> str:
+    """One line: the recipe's non-default-looking settings, ``key=value`` joined."""
+    if not isinstance(recipe, dict):
+        return str(recipe) if recipe is not None else DASH
+    parts = []
+    for k, v in recipe.items():
+        if v in (None, 0, 0.0, False, "none", {}, []):
+            continue
+        parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts) or "(nothing)"
+
+
+def trial_rows(report: dict) -> list[list[str]]:
+    pareto = set(report.get("pareto") or [])
+    rows = []
+    for t in report.get("trials") or []:
+        n = t.get("number", DASH)
+        rows.append([f"{n}{' ★' if n in pareto else ''}", t.get("state", DASH),
+                     describe_recipe(t.get("recipe")), fmt_pct(_num(t.get("val_accuracy"))),
+                     fmt_bytes(_num(t.get("size_bytes"))), fmt_ms(_num(t.get("latency_ms"))),
+                     "yes" if t.get("feasible") else "no",
+                     DASH if _num(t.get("duration_s")) is None else f"{t['duration_s']:.1f} s",
+                     t.get("note") or ""])
+    return rows
+
+
+LAYER_HEADER = ["layer", "sparsity", "bits", "why this precision"]
+
+
+def layer_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for name, info in (report.get("layers") or {}).items():
+        info = info or {}
+        sp = _num(info.get("sparsity"))
+        rows.append([name, DASH if sp is None else f"{100 * sp:.1f} %",
+                     DASH if info.get("bits") is None else str(info["bits"]),
+                     info.get("precision_reason") or ""])
+    return rows

@@ -1,0 +1,84 @@
+"""The user's budget: what may be lost, what must be gained, how long to search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from autocompress.config import Config, ConfigError
+
+Objective = Literal["smallest", "fastest", "most_accurate", "pareto"]
+
+
+@dataclass
+class Budget(Config):
+    """Constraints (all optional but the accuracy drop) and what to optimise once they hold.
+
+    Accuracy is in percentage points: ``max_drop=0.3`` allows 99.20 % -> 98.90 %.
+    ``drop_mode='relative'`` reads ``max_drop`` as a percentage of the baseline accuracy instead.
+    Size: ``min_size_ratio=20`` means at least 20x smaller than the fp32 parameters, measured on the
+    compressed storage artifact (``size_of='storage'``) or the deployed ONNX file (``'onnx'``).
+    Latency: ``min_speedup=3`` means 3x faster than the fp32 ONNX model on ONNX Runtime, at
+    ``latency_batch`` with ``threads`` intra-op threads, measured in the same process.
+    """
+
+    max_drop: float = 0.3
+    drop_mode: Literal["absolute", "relative"] = "absolute"
+    min_size_ratio: float | None = None
+    max_size_bytes: int | None = None
+    size_of: Literal["storage", "onnx"] = "storage"
+    min_speedup: float | None = None
+    max_latency_ms: float | None = None
+    latency_batch: int = 64
+    threads: int = 1
+    time_limit_s: float | None = 600.0
+    max_trials: int | None = 40
+    objective: Objective = "smallest"
+
+    def validate(self) -> None:
+        if self.max_drop < 0:
+            raise ConfigError(f"Budget.max_drop must be >= 0 (percentage points), got {self.max_drop}")
+        for name in ("min_size_ratio", "min_speedup"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"Budget.{name} must be > 0, got {v}")
+        for name in ("max_size_bytes", "max_latency_ms", "time_limit_s", "max_trials"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"Budget.{name} must be > 0 when set, got {v}")
+        if self.latency_batch < 1 or self.threads < 1:
+            raise ConfigError("Budget.latency_batch and Budget.threads must be >= 1")
+
+    def allowed_accuracy(self, baseline_acc: float) -> float:
+        """Lowest acceptable accuracy (fraction in [0,1]) given the baseline's."""
+        if self.drop_mode == "relative":
+            return baseline_acc * (1 - self.max_drop / 100)
+        return baseline_acc - self.max_drop / 100
+
+    def needs_latency(self) -> bool:
+        return self.min_speedup is not None or self.max_latency_ms is not None or self.objective in ("fastest", "pareto")
+
+    def violations(self, baseline: dict, candidate: dict) -> list[str]:
+        """Which constraints ``candidate`` breaks, as readable sentences (empty = budget met).
+
+        Both arguments are plain dicts with ``accuracy`` (fraction), ``size_bytes``,
+        ``fp32_bytes`` and optionally ``latency_ms`` (at ``latency_batch``)."""
+        out = []
+        floor = self.allowed_accuracy(baseline["accuracy"])
+        if candidate["accuracy"] < floor - 1e-12:
+            out.append(f"accuracy {100 * candidate['accuracy']:.2f} % is below the allowed "
+                       f"{100 * floor:.2f} % (baseline {100 * baseline['accuracy']:.2f} %, max drop {self.max_drop})")
+        ratio = baseline["fp32_bytes"] / max(candidate["size_bytes"], 1)
+        if self.min_size_ratio is not None and ratio < self.min_size_ratio:
+            out.append(f"size ratio {ratio:.1f}x is below the required {self.min_size_ratio:g}x")
+        if self.max_size_bytes is not None and candidate["size_bytes"] > self.max_size_bytes:
+            out.append(f"size {candidate['size_bytes']} B exceeds {self.max_size_bytes} B")
+        lat, base_lat = candidate.get("latency_ms"), baseline.get("latency_ms")
+        if self.min_speedup is not None:
+            if lat is None or base_lat is None:
+                out.append("latency was not measured")
+            elif base_lat / lat < self.min_speedup:
+                out.append(f"speed-up {base_lat / lat:.2f}x is below the required {self.min_speedup:g}x")
+        if self.max_latency_ms is not None and (lat is None or lat > self.max_latency_ms):
+            out.append(f"latency {lat} ms exceeds {self.max_latency_ms} ms")
+        return out
