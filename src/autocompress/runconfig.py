@@ -84,8 +84,12 @@ def _base(cfg: RunConfig) -> Path:
 
 def resolve_path(cfg: RunConfig, value: str, field_name: str) -> Path:
     """An existing file: absolute, else relative to ``base_dir``, else to the current directory."""
+    return _existing(value, _base(cfg), field_name)
+
+
+def _existing(value: str, base_dir: Path | None, field_name: str) -> Path:
     p = Path(value).expanduser()
-    candidates = [p] if p.is_absolute() else [_base(cfg) / p, Path.cwd() / p]
+    candidates = [p] if p.is_absolute() else [(base_dir or Path.cwd()) / p, Path.cwd() / p]
     for c in candidates:
         if c.exists():
             return c
@@ -175,6 +179,16 @@ def load_model(cfg: RunConfig, weights: str | None = None) -> nn.Module:
     return model.eval()
 
 
+def model_factory(cfg: RunConfig) -> Callable[[], nn.Module]:
+    """A zero-argument callable building the config's architecture (no weights): what a compressed
+    artifact of a custom model class needs to be rebuilt."""
+    from autocompress.models import MODELS, build_model
+
+    if cfg.model in MODELS:
+        return lambda: build_model(cfg.model)
+    return resolve_callable(cfg.model, "model", _base(cfg))
+
+
 def _mnist(flat: bool) -> Callable[[], Splits]:
     def load() -> Splits:
         from autocompress.data import load_mnist
@@ -186,28 +200,33 @@ BUNDLED_DATA: dict[str, Callable[[], Splits]] = {"mnist": _mnist(False), "mnist-
 
 
 def load_data(cfg: RunConfig) -> Splits:
-    """Bundled MNIST, an ``.npz`` file, or the user's ``module:function`` returning Splits or
-    a ``(train, val, test)`` tuple of Datasets / DataLoaders / ``(x, y)`` arrays."""
+    """The config's data; see :func:`data_from_spec`."""
+    return data_from_spec(cfg.data, _base(cfg))
+
+
+def data_from_spec(spec: str, base_dir: Path | None = None, field_name: str = "data") -> Splits:
+    """Bundled MNIST (``'mnist'``, ``'mnist-flat'``), an ``.npz`` file, or the user's ``module:function``
+    returning Splits or a ``(train, val, test)`` tuple of Datasets / DataLoaders / ``(x, y)`` arrays."""
     from autocompress.data import from_datasets, load_npz
 
-    spec = cfg.data
+    where = f"RunConfig.{field_name}"
     if spec in BUNDLED_DATA:
         return BUNDLED_DATA[spec]()
     if spec.endswith(".npz"):
-        return load_npz(resolve_path(cfg, spec, "data"))
+        return load_npz(_existing(spec, base_dir, field_name))
     if ":" not in spec:
-        raise ConfigError(f"RunConfig.data: {spec!r} is neither a bundled dataset {sorted(BUNDLED_DATA)}, "
+        raise ConfigError(f"{where}: {spec!r} is neither a bundled dataset {sorted(BUNDLED_DATA)}, "
                           f"an .npz file, nor 'module:function'")
-    fn = resolve_callable(spec, "data", _base(cfg))
+    fn = resolve_callable(spec, field_name, base_dir)
     try:
         out = fn()
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"RunConfig.data: calling {spec!r}() raised {type(e).__name__}: {e}") from None
+        raise ConfigError(f"{where}: calling {spec!r}() raised {type(e).__name__}: {e}") from None
     if isinstance(out, Splits):
         return out
     if isinstance(out, (tuple, list)) and len(out) == 3:
         return from_datasets(*out)
-    raise ConfigError(f"RunConfig.data: {spec!r} returned {type(out).__name__}; expected "
+    raise ConfigError(f"{where}: {spec!r} returned {type(out).__name__}; expected "
                       f"autocompress.data.Splits or a (train, val, test) tuple")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import zstandard
 
 MAX_CODE_LEN = 16        # Huffman codes are length-limited so the decoder table has 2^16 entries
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 20}]
 
 
 class CodecError(ValueError):
@@ -184,7 +184,7 @@ def _zstd_enc(sym: np.ndarray, alphabet: int) -> bytes:
 def _zstd_dec(data: bytes, n: int, alphabet: int) -> np.ndarray:
     per = 1 if alphabet <= 256 else 2 if alphabet <= 65536 else 4
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=n * per)
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(1, n * per))
     except zstandard.ZstdError as e:
         raise CodecError(f"zstd: {e}") from None
     return _from_bytes(raw, n, alphabet)

@@ -256,7 +256,7 @@ def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.dtype == torch.bool:
         return torch.equal(a, b)
-    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
 def _encode_tensor(name: str, t: torch.Tensor, hint: Any) -> tuple[dict, Streams]:
@@ -265,6 +265,10 @@ def _encode_tensor(name: str, t: torch.Tensor, hint: Any) -> tuple[dict, Streams
         raise StorageError(f"tensor {name!r} has dtype {t.dtype}, which the artifact cannot store")
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
+    if t.is_floating_point():
+        # -0.0 (from masking by multiplication, w * 0) is stored as +0.0: equal as numbers, so every
+        # output compares equal, and it lets the zero be the sparse "nothing here" symbol
+        t = torch.where(t == 0, torch.zeros((), dtype=t.dtype), t)
     best: tuple[dict, Streams] | None = None
     size = lambda c: sum(len(s[3]) for s in c[1]) + 8 * len(c[1])   # streams + their meta, roughly
     for make in _CANDIDATES:

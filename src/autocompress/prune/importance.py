@@ -99,7 +99,7 @@ def taylor_stats(model: nn.Module, params: Mapping[str, nn.Parameter], data: Ite
     cancel. The model's own ``.grad`` fields are left as they were.
     """
     loss_fn = loss_fn or cross_entropy
-    saved = {n: p.grad for n, p in params.items()}
+    saved = [(p, p.grad) for p in model.parameters()]
     acc = {n: torch.zeros_like(p, memory_format=torch.contiguous_format) for n, p in params.items()}
     was_training = model.training
     model.eval()  # fixed BN statistics / no dropout: score the model as it will be used
@@ -108,7 +108,7 @@ def taylor_stats(model: nn.Module, params: Mapping[str, nn.Parameter], data: Ite
         for x, y in data:
             if seen >= batches:
                 break
-            for p in params.values():
+            for p, _ in saved:
                 p.grad = None
             loss_fn(model, x, y).backward()
             for n, p in params.items():
@@ -116,8 +116,8 @@ def taylor_stats(model: nn.Module, params: Mapping[str, nn.Parameter], data: Ite
                     acc[n] += (p.detach() * p.grad).abs()
             seen += 1
     finally:
-        for n, p in params.items():
-            p.grad = saved[n]
+        for p, g in saved:
+            p.grad = g
         model.train(was_training)
     if seen == 0:
         raise ValueError("taylor_stats: the data yielded no batches; Taylor importance needs real samples")

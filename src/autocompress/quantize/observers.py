@@ -34,6 +34,7 @@ class Observer:
         self._chunks: list[torch.Tensor] = []
         self._kept = 0
         self._gen = torch.Generator().manual_seed(seed)
+        self._memo: dict[tuple, tuple[float, float]] = {}
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().float().reshape(-1)
@@ -46,6 +47,7 @@ class Observer:
         self.lo = min(self.lo, float(x.min()))
         self.hi = max(self.hi, float(x.max()))
         self.count += x.numel()
+        self._memo.clear()
         # keep a uniform share of every batch: a fixed budget per update, shrinking old chunks
         # would bias towards late batches, so we subsample each batch at the same rate bound
         budget = max(1, self.max_samples // 8)
@@ -67,11 +69,11 @@ class Observer:
     def range(self, method: Calibration, bits: int = 8, percentile: float = 99.99) -> tuple[float, float]:
         if self.count == 0:
             raise CalibrationError(f"{self.name}: no calibration data reached this layer")
-        if method == "minmax":
-            lo, hi = self.lo, self.hi
-        else:
+        key = (method, bits, percentile)
+        if key not in self._memo:     # mixed precision re-applies ranges many times
             lo, hi = RANGE_ESTIMATORS[method](self.samples(), self.lo, self.hi, bits, percentile)
-        return min(lo, 0.0), max(hi, 0.0)
+            self._memo[key] = (min(lo, 0.0), max(hi, 0.0))
+        return self._memo[key]
 
 
 # -- estimators ---------------------------------------------------------------------------------
@@ -98,7 +100,7 @@ def fake_quant_range(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.
 def _mse(x: torch.Tensor, lo: float, hi: float, bits: int, pct: float) -> tuple[float, float]:
     """Shrink the min/max range by a common factor, keeping the one with least squared error."""
     best, best_err = (lo, hi), math.inf
-    for a in torch.linspace(0.2, 1.0, 41).tolist():
+    for a in torch.logspace(-2, 0, 61).tolist():   # shrink factors 0.01 .. 1
         err = float(((fake_quant_range(x, lo * a, hi * a, bits) - x) ** 2).mean())
         if err < best_err:
             best, best_err = (lo * a, hi * a), err
@@ -114,9 +116,10 @@ def _entropy(x: torch.Tensor, lo: float, hi: float, bits: int, pct: float,
     expanded back; pick the t minimising KL(P || Q).
     """
     a = x.abs().double()
-    amax = float(a.max())
-    if amax == 0:
+    a = a[a > 0]          # exact zeros (ReLU, padding) are represented exactly whatever the range
+    if a.numel() == 0:
         return lo, hi
+    amax = float(a.max())
     hist = torch.histc(a, bins=bins, min=0.0, max=amax)
     one_sided = lo >= 0 or hi <= 0
     nlevels = 2 ** bits if one_sided else 2 ** (bits - 1)  # levels available on one side

@@ -6,6 +6,8 @@ Every key is optional; plots need matplotlib, which loads only when a report is 
 """
 
 from autocompress.report.render import render_html, render_markdown, write_reports
+from autocompress.report.sensitivity import sensitivity_tables, write_inspect
 from autocompress.report.tables import before_after_table
 
-__all__ = ["before_after_table", "render_html", "render_markdown", "write_reports"]
+__all__ = ["before_after_table", "render_html", "render_markdown", "sensitivity_tables", "write_inspect",
+           "write_reports"]

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,7 +47,14 @@ def _val_evaluator(data: Splits, evaluate: Callable | None, limit: int | None) -
 
 
 def _storage_url(out_dir: Path, storage: str | None) -> str:
-    return storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    if not storage:
+        return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    if storage.startswith(("postgresql://", "postgres://")):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; we ship the psycopg2 driver
+        import importlib.util
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+            return "postgresql+psycopg2://" + storage.split("://", 1)[1]
+    return storage
 
 
 @dataclass
@@ -62,19 +70,22 @@ class _Shared:
     base: dict                      # baseline figures for Budget.violations
     base_onnx: Path
     quick: bool
+    study_name: str = STUDY
 
 
 def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
              techniques: Sequence[str] = TECHNIQUES, out_dir: str | Path = "runs/compress",
              evaluate: Callable | None = None, finetune: Callable | None = None,
              storage: str | None = None, seed: int = 0, workers: int = 1, resume: bool = False,
-             quick: bool = False, seeds: Iterable[Recipe] | None = None, title: str | None = None) -> Result:
+             quick: bool = False, seeds: Iterable[Recipe] | None = None, title: str | None = None,
+             study_name: str = STUDY) -> Result:
     """Find the best compressed version of ``model`` within ``budget``.
 
     ``evaluate(model, loader) -> float`` replaces top-1 accuracy; ``finetune(model) -> model``
     replaces our fine-tuning loop. ``storage`` is an Optuna storage URL (default SQLite in
     ``out_dir``; a ``postgresql://`` URL lets workers on many machines join one study).
-    ``quick`` shrinks data subsets and fine-tuning for tests.
+    ``quick`` shrinks data subsets and fine-tuning for tests. ``workers`` local processes share
+    the study; ``study_name`` tells studies apart in a shared storage.
     """
     import optuna
 
@@ -88,11 +99,13 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     shared = _prepare(model, data, budget, tuple(techniques), out, evaluate, finetune, seed, quick)
     url = _storage_url(out, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shared.study_name = study_name
     study = _study(url, seed, budget, shared, resume)
     if not resume or len(study.trials) == 0:
         for r in (seeds if seeds is not None else space_mod.seed_recipes(budget, shared.techniques, quick)):
             study.enqueue_trial(space_mod.to_params(r, shared.techniques), skip_if_exists=True)
-    done = len([t for t in study.trials if t.state.is_finished()])
+    # interrupted / crashed trials do not use up the trial budget; finished ones do
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     n_left = None if budget.max_trials is None else max(budget.max_trials - done, 0)
     timeout = budget.time_limit_s
     interrupted = False
@@ -169,11 +182,14 @@ def _study(url: str, seed: int, budget: Budget, shared: _Shared, resume: bool):
     if not resume and url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         if db.exists():
-            # a new run in an old folder: start clean rather than silently mixing two searches
-            db.unlink()
-            for stale in (shared.out_dir / "best").glob("*") if (shared.out_dir / "best").exists() else []:
-                stale.unlink()
-    return optuna.create_study(study_name=STUDY, storage=url, load_if_exists=True, sampler=sampler,
+            # a new run in an old folder: start clean rather than silently mixing two searches,
+            # but keep the old study and best model aside instead of deleting them
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            db.rename(db.with_name(f"study-{stamp}.db"))
+            best = shared.out_dir / "best"
+            if best.exists():
+                best.rename(shared.out_dir / f"best-{stamp}")
+    return optuna.create_study(study_name=shared.study_name, storage=url, load_if_exists=True, sampler=sampler,
                                directions=["maximize", "minimize", "minimize"])
 
 
@@ -181,9 +197,23 @@ def _study(url: str, seed: int, budget: Budget, shared: _Shared, resume: bool):
 
 def _objective(trial, shared: _Shared):
     import optuna
+    try:
+        return _trial(trial, shared)
+    except (optuna.TrialPruned, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        # keep the reason with the trial: the report shows why it failed, the search goes on
+        trial.set_user_attr("note", f"failed: {type(e).__name__}: {e}"[:500])
+        log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+        raise
+
+
+def _trial(trial, shared: _Shared):
+    import optuna
 
     recipe = space_mod.sample(trial, shared.budget, shared.techniques)
     trial.set_user_attr("recipe", recipe.to_dict())
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     t0 = time.time()
     log.info("trial %d: %s", trial.number, recipe.describe())
     model = copy.deepcopy(shared.model)
@@ -309,7 +339,7 @@ def _worker_main(shared: _Shared, url: str, seed: int, n_trials: int | None, tim
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _study(url, seed, shared.budget, shared, resume=True)
+    study = _study(_storage_url(shared.out_dir, url), seed, shared.budget, shared, resume=True)
     study.optimize(lambda t: _objective(t, shared), n_trials=n_trials, timeout=timeout,
                    catch=(Exception,), gc_after_trial=True)
 
@@ -317,12 +347,14 @@ def _worker_main(shared: _Shared, url: str, seed: int, n_trials: int | None, tim
 def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str, *,
                techniques: Sequence[str] = TECHNIQUES, n_trials: int | None = None,
                timeout: float | None = None, seed: int = 0, **kwargs) -> None:
-    """Run trials for a study that another machine created (same ``storage`` URL)."""
+    """Run trials for a study that another machine created (same ``storage`` URL and
+    ``study_name``); accepts compress()'s ``budget``, ``evaluate``, ``finetune``, ``quick``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     budget = kwargs.pop("budget", None) or Budget.from_yaml(out / "budget.yaml")
     shared = _prepare(model, data, budget, tuple(techniques), out, kwargs.get("evaluate"),
                       kwargs.get("finetune"), seed, kwargs.get("quick", False))
+    shared.study_name = kwargs.get("study_name", STUDY)
     _worker_main(shared, storage, seed, n_trials, timeout)
 
 

@@ -1,0 +1,351 @@
+"""``autocompress`` command line: a thin table from command to library function.
+
+Each ``cmd_*`` reads its arguments, resolves the run config (``autocompress.runconfig``), calls one
+library function, writes the reports, and turns the outcome into an exit code. Heavy modules are
+imported inside the commands so ``autocompress --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("autocompress.cli")
+
+OK, NOT_MET, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
+
+EXIT_CODES = f"""exit codes:
+  {OK}    success; for run/resume/apply: the budget is met; for check: no regression
+  {NOT_MET}    the budget is not met (the best trade-offs found are still written) / check found a regression
+       / the exported ONNX model disagrees with PyTorch
+  {BAD_INPUT}    bad input: a config/recipe/budget error, a missing file, a callable that cannot be imported
+  {INTERRUPTED}  interrupted (Ctrl-C): results so far are on disk; `autocompress resume OUT_DIR` continues
+"""
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _config(path: str, out: str | None = None, **overrides: Any):
+    from autocompress.runconfig import load_config
+
+    cfg = load_config(path)
+    if out is not None:
+        cfg.out_dir = out
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    cfg.validate()
+    return cfg
+
+
+def _finish(result: Any, out: Path, what: str) -> int:
+    """Make sure the result and its reports are on disk, print the table and the verdict."""
+    from autocompress.report import before_after_table
+
+    if not (out / "report.json").exists():   # compress/apply_recipe export as they finish
+        result.export(out)
+    report = result.to_dict()
+    print(before_after_table(report))
+    verdict = "budget met" if result.met else "budget NOT met"
+    print(f"\n{what}: {verdict}. {report.get('message', '')}".rstrip())
+    if not result.met and report.get("blocking_layers"):
+        print("layers that block it: " + ", ".join(report["blocking_layers"]))
+    print(f"results in {out}: report.html, report.md, report.json, model.onnx, recipe.yaml")
+    return OK if result.met else NOT_MET
+
+
+def _interruptible(out: Path, fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        log.warning("interrupted: results so far are in %s; continue with `autocompress resume %s`", out, out)
+        return INTERRUPTED
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from autocompress.demo import run_demo
+
+    return run_demo(a.model, Path(a.out or f"out/demo-{a.model}"), a.quick)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from autocompress.baselines import train_baseline
+
+    _, acc = train_baseline(a.model, save=True)
+    print(f"{a.model}: test accuracy {100 * acc:.2f} %")
+    return OK
+
+
+def _resolve(cfg: Any, weights: str | None = None) -> tuple[Any, Any, Any]:
+    from autocompress.runconfig import load_data, load_metric, load_model
+
+    return load_model(cfg, weights=weights), load_data(cfg), load_metric(cfg)
+
+
+def _search(cfg: Any, resolved: tuple[Any, Any, Any], resume: bool) -> int:
+    model, data, metric = resolved
+    out = Path(cfg.out_dir)
+
+    def go() -> int:
+        from autocompress.search import compress
+
+        kwargs: dict[str, Any] = {"resume": True} if resume else {}
+        result = compress(model, data, cfg.budget, techniques=list(cfg.techniques), out_dir=out,
+                          evaluate=metric, storage=cfg.storage, seed=cfg.seed, workers=cfg.workers,
+                          title=f"autocompress run: {cfg.model}", **kwargs)
+        return _finish(result, out, "resumed run" if resume else "run")
+    return _interruptible(out, go)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    cfg = _config(a.config, a.out, workers=a.workers, seed=a.seed)
+    resolved = _resolve(cfg)          # a config that cannot load fails before anything is written
+    out = Path(cfg.out_dir).resolve()
+    cfg.out_dir = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # resolved copy (absolute out_dir and base_dir): `resume OUT_DIR` needs nothing else
+    cfg.to_yaml(out / "run.yaml")
+    return _search(cfg, resolved, resume=False)
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from autocompress.config import ConfigError
+
+    path = Path(a.out_dir) / "run.yaml"
+    if not path.exists():
+        raise ConfigError(f"{a.out_dir} has no run.yaml: resume continues a folder made by `autocompress run`")
+    cfg = _config(str(path), workers=a.workers)
+    cfg.out_dir = str(Path(a.out_dir).resolve())
+    return _search(cfg, _resolve(cfg), resume=True)
+
+
+def cmd_apply(a: argparse.Namespace) -> int:
+    from autocompress.config import ConfigError
+
+    if not Path(a.recipe).exists():
+        raise ConfigError(f"recipe file {a.recipe} does not exist (a run writes it as OUT_DIR/recipe.yaml)")
+    cfg = _config(a.config)
+    out = Path(a.out or Path(cfg.out_dir) / "apply").resolve()
+    model, data, metric = _resolve(cfg, a.weights)
+
+    def go() -> int:
+        from autocompress.search import apply_recipe
+
+        result = apply_recipe(model, Path(a.recipe), data, out_dir=out, budget=cfg.budget, evaluate=metric,
+                              seed=cfg.seed)
+        return _finish(result, out, "apply")
+    return _interruptible(out, go)
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from autocompress.report import sensitivity_tables, write_inspect
+    from autocompress.runconfig import load_data, load_model
+    from autocompress.search import inspect
+
+    cfg = _config(a.config)
+    out = Path(a.out or Path(cfg.out_dir) / "inspect")
+    sens = inspect(load_model(cfg, weights=a.weights), load_data(cfg), out)
+    paths = write_inspect(sens, out, title=f"Per-layer sensitivity of {cfg.model}")
+    print(sensitivity_tables(sens))
+    print(f"written: {paths['md']}")
+    return OK
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    import torch
+
+    from autocompress.check import _load_compressed
+    from autocompress.config import ConfigError
+    from autocompress.export import ParityError, check_parity, export_onnx, ort_accuracy
+
+    src = Path(a.source)
+    if not src.exists():
+        raise ConfigError(f"{src} does not exist: pass a run config (.yaml) or a compressed artifact")
+    cfg_path = a.source if src.suffix in (".yaml", ".yml") else a.config
+    cfg = _config(cfg_path) if cfg_path else None
+    data = None
+    if cfg is not None:
+        from autocompress.runconfig import load_data, load_model
+        data = load_data(cfg)
+    if src.suffix in (".yaml", ".yml"):
+        model = load_model(cfg, weights=a.weights)
+    else:
+        from autocompress.runconfig import model_factory
+        model = _load_compressed(src, model_factory(cfg) if cfg is not None else None)
+    if data is not None:
+        x = data.example_input(64)
+    else:
+        shape = _input_shape(a.input_shape, model)
+        x = torch.rand(64, *shape, generator=torch.Generator().manual_seed(0))
+    path = export_onnx(model.eval(), x[:1], a.out)
+    try:
+        rep = check_parity(model, path, x, atol=a.atol)
+    except ParityError as e:
+        log.error("%s", e)
+        return NOT_MET
+    print(f"exported {path} ({path.stat().st_size} bytes); ONNX Runtime matches PyTorch: max |diff| "
+          f"{rep.max_abs_diff:.2e}, top-1 agreement {rep.top1_agreement:.2%} on {rep.samples} inputs")
+    if data is not None:
+        print(f"test accuracy on ONNX Runtime: {100 * ort_accuracy(path, data.loader('test', 1000)):.2f} %")
+    return OK
+
+
+def _input_shape(text: str | None, model: Any) -> tuple[int, ...]:
+    from autocompress.config import ConfigError
+
+    if text:
+        try:
+            return tuple(int(s) for s in text.split(","))
+        except ValueError:
+            raise ConfigError(f"--input-shape: expected comma-separated integers like 1,28,28, got {text!r}") from None
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ConfigError("the input shape is unknown: pass --config CONFIG.yaml (its data) or --input-shape C,H,W")
+    return tuple(shape)
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from autocompress.check import Tolerance, budget_from, check, read_baseline, write_outputs
+    from autocompress.search.budget import Budget
+
+    baseline = read_baseline(a.baseline) if a.baseline else None
+    budget = Budget.from_yaml(a.budget) if a.budget else None
+    flags = {k: v for k, v in (("max_drop", a.max_drop), ("min_size_ratio", a.min_size_ratio),
+                               ("min_speedup", a.min_speedup)) if v is not None}
+    if flags:   # flags override single fields of the budget file / the baseline report's budget
+        budget = dataclasses.replace(budget_from(baseline, budget), **flags)
+    result = check(config=_config(a.config) if a.config else None, weights=a.weights, onnx=a.onnx,
+                   artifact=a.artifact, reference_onnx=a.reference_onnx, data=a.data, baseline=baseline,
+                   budget=budget, tolerance=Tolerance(a.tol_accuracy, a.tol_size, a.tol_speedup),
+                   limit=a.limit)
+    write_outputs(result, a.summary, a.junit)
+    print(result.to_markdown())
+    return OK if result.passed else NOT_MET
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+def _p_run(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("config", help="run config (YAML): model, weights, data, metric, budget, techniques")
+    sp.add_argument("--out", help="output folder (default: the config's out_dir)")
+    sp.add_argument("--workers", type=int, help="local worker processes sharing the study (default: config)")
+    sp.add_argument("--seed", type=int, help="random seed (default: config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="autocompress", formatter_class=fmt, epilog=EXIT_CODES,
+        description="Compress a trained PyTorch model automatically within a budget, deploy it to ONNX Runtime "
+                    "and measure size, latency and accuracy.\nTypical loop: run -> (next sprint) apply -> check in CI.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt, epilog=EXIT_CODES)
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("demo", cmd_demo, "compress a bundled LeNet on MNIST and print the before/after table")
+    sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5")
+    sp.add_argument("--out", help="output folder (default: out/demo-MODEL)")
+    sp.add_argument("--quick", action="store_true", help="a short run (seconds, not minutes)")
+
+    sp = add("train", cmd_train, "retrain a bundled baseline (fixed seed) and save its weights")
+    sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5")
+
+    _p_run(add("run", cmd_run, "search for the best compression of the config's model within its budget; "
+                               "writes OUT/run.yaml, reports, model.onnx, the artifact and recipe.yaml"))
+
+    sp = add("resume", cmd_resume, "continue an interrupted or finished run in OUT_DIR (same study)")
+    sp.add_argument("out_dir", help="the output folder of an earlier `autocompress run`")
+    sp.add_argument("--workers", type=int, help="worker processes (default: as before)")
+
+    sp = add("apply", cmd_apply, "replay a found recipe on a retrained model of the same architecture, "
+                                 "without searching (only the recipe's fine-tune)")
+    sp.add_argument("recipe", help="recipe YAML written by a run (OUT_DIR/recipe.yaml)")
+    sp.add_argument("--config", required=True, help="run config naming the model, data and budget")
+    sp.add_argument("--weights", help="weights of the retrained model (overrides the config's)")
+    sp.add_argument("--out", help="output folder (default: CONFIG out_dir/apply)")
+
+    sp = add("inspect", cmd_inspect, "per-layer sensitivity of the config's model to each technique")
+    sp.add_argument("config")
+    sp.add_argument("--weights", help="weights (overrides the config's)")
+    sp.add_argument("--out", help="output folder (default: CONFIG out_dir/inspect)")
+
+    sp = add("export", cmd_export, "export a model (run config) or a compressed artifact to one ONNX file, "
+                                   "checking ONNX Runtime against PyTorch")
+    sp.add_argument("source", help="run config (.yaml) or compressed storage artifact")
+    sp.add_argument("--out", required=True, help="ONNX file to write")
+    sp.add_argument("--config", help="run config for the data (when SOURCE is an artifact)")
+    sp.add_argument("--weights", help="weights (overrides the config's)")
+    sp.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (artifact without --config)")
+    sp.add_argument("--atol", type=float, default=1e-3, help="largest allowed |ONNX - PyTorch| (default 1e-3)")
+
+    sp = add("check", cmd_check, "CI gate: compare a model with the budget and a baseline report.json; "
+                                 "exit 1 on a regression; markdown summary and JUnit XML")
+    g = sp.add_argument_group("what to check (the candidate)")
+    g.add_argument("--config", help="run config: data, the fp32 reference model (and the candidate if no "
+                                    "--onnx/--artifact)")
+    g.add_argument("--weights", help="weights for the config's model (overrides the config's)")
+    g.add_argument("--onnx", help="candidate ONNX model")
+    g.add_argument("--artifact", help="candidate compressed storage artifact")
+    g.add_argument("--reference-onnx", help="fp32 ONNX model to time against (default: the config's model)")
+    g.add_argument("--data", help="test data when there is no --config: mnist, mnist-flat, FILE.npz or module:function")
+    g = sp.add_argument_group("what to compare with")
+    g.add_argument("--baseline", help="report.json kept in the repo (its final figures and budget)")
+    g.add_argument("--budget", help="budget YAML (default: the baseline report's budget)")
+    g.add_argument("--max-drop", type=float, help="allowed accuracy drop, percentage points")
+    g.add_argument("--min-size-ratio", type=float, help="at least this many times smaller than fp32")
+    g.add_argument("--min-speedup", type=float, help="at least this many times faster than the fp32 reference")
+    g.add_argument("--tol-accuracy", type=float, default=0.2, help="points below the baseline report allowed (0.2)")
+    g.add_argument("--tol-size", type=float, default=0.05, help="size growth allowed, fraction (0.05)")
+    g.add_argument("--tol-speedup", type=float, default=0.25, help="speed-up loss allowed, fraction (0.25)")
+    g.add_argument("--limit", type=int, help="use only N test samples (smoke tests)")
+    g = sp.add_argument_group("outputs")
+    g.add_argument("--summary", help="write the markdown summary here (for a pull-request comment)")
+    g.add_argument("--junit", help="write JUnit XML here")
+    return p
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    # basicConfig leaves handlers a host (or pytest) installed alone; our own loggers get the level
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("autocompress").setLevel(level)
+    if not verbose:   # the ONNX exporter warns about optional torchvision ops on every export
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"   # tqdm reads defaults from TQDM_* variables
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    from autocompress.check import CheckInputError
+    from autocompress.config import ConfigError
+    from autocompress.data import DataError
+    from autocompress.models import WeightsError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, WeightsError, CheckInputError, FileNotFoundError) as e:
+        log.error("%s", e)
+        log.debug("details", exc_info=True)
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Sensitivity analysis: how much each layer can be pruned alone, and per-layer ratios from it.
+
+``sensitivity`` prunes one layer at a time at several ratios and records the validation metric
+(use a subset: it runs ``layers x ratios`` evaluations). ``allocate_ratios`` turns the curves into
+per-layer ratios for a global target: every layer is pruned up to the same tolerated metric drop,
+so sensitive layers are pruned less (Han et al. 2015, sec. 3.2; Distiller's sensitivity analysis).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from autocompress.prune.importance import ImportanceName, get_importance
+from autocompress.prune.structured import (StructuredPruneConfig, StructuredPruneError, prunable_layers,
+                                           prune_channels_)
+from autocompress.prune.targets import ALL_KINDS, LayerKind, find_targets, matches
+from autocompress.prune.unstructured import _lowest
+from autocompress.train import evaluate as _evaluate
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[nn.Module], float]
+DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+@dataclass
+class SensitivityResult:
+    """``scores[layer][i]`` is the metric with only ``layer`` pruned at ``ratios[i]``."""
+
+    kind: Literal["unstructured", "structured"]
+    ratios: list[float]
+    baseline: float
+    scores: dict[str, list[float]]
+    sizes: dict[str, int] = field(default_factory=dict)   # weights (unstructured) / params of the layer
+
+    def drops(self, layer: str) -> list[float]:
+        return [self.baseline - s for s in self.scores[layer]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SensitivityResult":
+        missing = {"kind", "ratios", "baseline", "scores"} - set(d)
+        if missing:
+            raise ValueError(f"SensitivityResult.from_dict: missing keys {sorted(missing)}")
+        return cls(d["kind"], [float(r) for r in d["ratios"]], float(d["baseline"]),
+                   {k: [float(x) for x in v] for k, v in d["scores"].items()},
+                   {k: int(v) for k, v in d.get("sizes", {}).items()})
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "SensitivityResult":
+        p = Path(text_or_path)
+        text = p.read_text() if not str(text_or_path).lstrip().startswith("{") and p.exists() else str(text_or_path)
+        return cls.from_dict(json.loads(text))
+
+    def plot(self, path: str | Path) -> Path:
+        """Metric vs ratio, one line per layer (matplotlib, Agg backend: no display needed)."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for layer, ys in self.scores.items():
+            ax.plot([0.0, *self.ratios], [self.baseline, *ys], marker="o", label=layer)
+        ax.set_xlabel(f"{self.kind} pruning ratio (this layer only)")
+        ax.set_ylabel("validation metric")
+        ax.set_title("Per-layer pruning sensitivity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def _as_evaluate(evaluate: EvaluateFn | Iterable) -> EvaluateFn:
+    if callable(evaluate) and not hasattr(evaluate, "__iter__"):
+        return evaluate
+    loader = evaluate
+    return lambda m: _evaluate(m, loader)
+
+
+@torch.no_grad()
+def _unstructured(model, evaluate, ratios, layers, exclude, kinds, importance, bar):
+    criterion = get_importance(importance)
+    if criterion.needs_data:
+        raise ValueError("sensitivity: use a data-free importance ('l1', 'l2', 'random') for the analysis")
+    scores, sizes = {}, {}
+    for t in find_targets(model, kinds, layers, exclude):
+        w = t.param
+        saved = w.detach().clone()
+        s = criterion(w, None).float()
+        curve = []
+        for r in ratios:
+            w.mul_(_lowest(s, round(r * w.numel())).view_as(w).to(w.dtype))
+            curve.append(float(evaluate(model)))
+            w.copy_(saved)
+            bar.update(1)
+        scores[t.name], sizes[t.name] = curve, w.numel()
+    return scores, sizes
+
+
+def _structured(model, evaluate, ratios, layers, exclude, example, importance, bar):
+    base_cfg = StructuredPruneConfig(ratio=0.0, importance=importance, exclude=list(exclude))
+    names = [n for n in prunable_layers(model, example, base_cfg)
+             if not layers or matches(layers, n)]
+    scores, sizes = {}, {}
+    for n in names:
+        curve = []
+        for r in ratios:
+            trial = copy.deepcopy(model)
+            try:
+                prune_channels_(trial, StructuredPruneConfig(ratio=0.0, per_layer={n: r}, importance=importance,
+                                                             exclude=list(exclude)), example)
+            except StructuredPruneError as e:
+                log.info("sensitivity: layer %r cannot be pruned at %.2f (%s); skipped", n, r, e)
+                curve = None
+                break
+            curve.append(float(evaluate(trial)))
+            bar.update(1)
+        if curve is not None:
+            scores[n] = curve
+            sizes[n] = sum(p.numel() for p in dict(model.named_modules())[n].parameters())
+    return scores, sizes
+
+
+def sensitivity(model: nn.Module, evaluate: EvaluateFn | Iterable, ratios: Iterable[float] = DEFAULT_RATIOS,
+                kind: Literal["unstructured", "structured"] = "unstructured", *,
+                example_input: torch.Tensor | None = None, layers: Iterable[str] = (),
+                exclude: Iterable[str] = (), kinds: Iterable[LayerKind] = ALL_KINDS,
+                importance: ImportanceName = "l1", progress: bool = False) -> SensitivityResult:
+    """Prune each layer alone at each ratio and record ``evaluate(model)`` (or accuracy on a loader).
+
+    ``model`` is left unchanged. ``kind='structured'`` needs ``example_input``.
+    """
+    ratios = sorted(float(r) for r in ratios)
+    if not ratios or not all(0.0 < r < 1.0 for r in ratios):
+        raise ValueError(f"sensitivity: ratios must be in (0, 1), got {ratios}")
+    if kind not in ("unstructured", "structured"):
+        raise ValueError(f"sensitivity: kind must be 'unstructured' or 'structured', got {kind!r}")
+    if kind == "structured" and example_input is None:
+        raise ValueError("sensitivity(kind='structured') needs example_input")
+    evaluate = _as_evaluate(evaluate)
+    was = model.training
+    model.eval()
+    baseline = float(evaluate(model))
+    layers, exclude = list(layers), list(exclude)
+    with tqdm(desc=f"{kind} sensitivity", disable=not progress, leave=False) as bar:
+        if kind == "unstructured":
+            scores, sizes = _unstructured(model, evaluate, ratios, layers, exclude, list(kinds), importance, bar)
+        else:
+            scores, sizes = _structured(model, evaluate, ratios, layers, exclude, example_input, importance, bar)
+    model.train(was)
+    if not scores:
+        raise ValueError(f"sensitivity: no prunable layer in {type(model).__name__} (layers={layers}, "
+                         f"exclude={exclude})")
+    return SensitivityResult(kind, ratios, baseline, scores, sizes)
+
+
+# -- allocation ------------------------------------------------------------------------------
+
+def _ratio_at(ratios: list[float], drops: list[float], tol: float) -> float:
+    """Largest ratio whose (monotone envelope of) drop stays <= tol, interpolating linearly."""
+    xs, ys, env = [0.0], [0.0], 0.0
+    for r, d in zip(ratios, drops):
+        env = max(env, d)               # a noisy dip must not allow a larger ratio than a smaller one
+        xs.append(r)
+        ys.append(env)
+    best = 0.0
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if y1 <= tol:
+            best = x1
+            continue
+        if y0 <= tol < y1:
+            best = x0 + (x1 - x0) * (tol - y0) / (y1 - y0)
+        break
+    return best
+
+
+def allocate_ratios(sens: SensitivityResult, target: float, *,
+                    cost: Callable[[dict[str, float]], float] | None = None,
+                    iters: int = 40) -> dict[str, float]:
+    """Per-layer ratios reaching ``target`` with every layer at the same tolerated metric drop.
+
+    ``target`` is the fraction to remove as measured by ``cost(ratios) -> fraction removed``;
+    by default the size-weighted mean of the ratios (exact for unstructured sparsity over the
+    analysed layers). For structured pruning pass a cost that prunes a copy and counts MACs.
+    Ratios never exceed the largest ratio that was analysed (no extrapolation).
+    """
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"allocate_ratios: target must be in (0, 1), got {target}")
+    layers = list(sens.scores)
+    if cost is None:
+        total = sum(sens.sizes.get(n, 1) for n in layers)
+        cost = lambda rs: sum(rs[n] * sens.sizes.get(n, 1) for n in layers) / total  # noqa: E731
+
+    def at(tol: float) -> dict[str, float]:
+        return {n: _ratio_at(sens.ratios, sens.drops(n), tol) for n in layers}
+
+    hi_tol = max(max(sens.drops(n)) for n in layers) + 1e-9
+    if cost(at(hi_tol)) < target:
+        raise ValueError(f"allocate_ratios: even at the largest analysed ratio ({max(sens.ratios)}) only "
+                         f"{cost(at(hi_tol)):.1%} is removed < target {target:.1%}; analyse larger ratios")
+    lo, hi = min(0.0, min(min(sens.drops(n)) for n in layers)) - 1e-9, hi_tol
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if cost(at(mid)) >= target else (mid, hi)
+    # at a plateau of the curves the cost jumps between at(lo) and at(hi): blend to hit the target
+    a, b = at(lo), at(hi)
+    lo_w, hi_w = 0.0, 1.0
+    for _ in range(iters):
+        w = (lo_w + hi_w) / 2
+        lo_w, hi_w = (lo_w, w) if cost({n: a[n] + w * (b[n] - a[n]) for n in layers}) >= target else (w, hi_w)
+    out = {n: a[n] + hi_w * (b[n] - a[n]) for n in layers}
+    log.info("allocated ratios (tolerated drop %.4f): %s", hi, {n: round(r, 3) for n, r in out.items()})
+    return out

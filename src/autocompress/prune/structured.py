@@ -1,0 +1,372 @@
+"""Structured pruning with physical removal: ``prune_channels_(model, config, example_input)``.
+
+Whole output channels / neurons / attention heads are removed and every dependent layer is rebuilt
+(BatchNorm, the next layer's input channels, residual partners, concatenation consumers,
+depthwise groups), so parameters, MACs, ONNX size and ONNX Runtime latency all drop.
+
+The dependency graph and the per-layer surgery come from torch-pruning (pinned 1.6.1); everything
+that touches it lives in this file, so the rest of the package never sees its internals.
+Layers it cannot rebuild (recurrent layers, unknown modules with their own parameters) are kept
+intact: every group of channels that reaches them is skipped, with a log message naming the layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autocompress.config import Config, ConfigError
+from autocompress.measure.core import count_macs, count_params
+from autocompress.prune.importance import ImportanceName
+from autocompress.prune.recover import Finetune, as_loader, make_finetune
+from autocompress.prune.targets import check_names_exist, matches
+from autocompress.train import LossFn, TrainConfig, cross_entropy
+
+log = logging.getLogger(__name__)
+
+
+class StructuredPruneError(RuntimeError):
+    """Surgery failed or changed the model's output; the model was restored and the message names
+    the layers involved."""
+
+
+@dataclass
+class StructuredPruneConfig(Config):
+    ratio: float = 0.5                                       # fraction of channels removed per layer
+    per_layer: dict[str, float] = field(default_factory=dict)  # module name (wildcards ok) -> ratio
+    target: Literal["ratio", "params", "macs"] = "ratio"     # what `amount` is measured in
+    amount: float = 0.5                                      # fraction of params/MACs to remove
+    importance: ImportanceName = "l1"
+    global_ranking: bool = False                             # rank channels across layers
+    round_to: int | None = None                              # keep channel counts multiples of this
+    exclude: list[str] = field(default_factory=list)         # module names never pruned
+    keep_classifier: bool = True                             # never prune the final layer's outputs
+    head_ratio: float = 0.0                                  # fraction of attention heads removed
+    max_layer_ratio: float = 0.95                            # no layer loses more than this
+    steps: int = 1                                           # iterative rounds (fine-tune between)
+    finetune: TrainConfig | None = None
+    taylor_batches: int = 4
+
+    def validate(self) -> None:
+        for name, v in [("ratio", self.ratio), ("head_ratio", self.head_ratio)] + \
+                [(f"per_layer[{k!r}]", v) for k, v in self.per_layer.items()]:
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"StructuredPruneConfig.{name} must be in [0, 1), got {v}")
+        if not 0.0 < self.amount < 1.0:
+            raise ConfigError(f"StructuredPruneConfig.amount must be in (0, 1), got {self.amount}")
+        if not 0.0 < self.max_layer_ratio < 1.0:
+            raise ConfigError(f"StructuredPruneConfig.max_layer_ratio must be in (0, 1), got {self.max_layer_ratio}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"StructuredPruneConfig.round_to must be >= 1, got {self.round_to}")
+        if self.steps < 1:
+            raise ConfigError(f"StructuredPruneConfig.steps must be >= 1, got {self.steps}")
+
+
+# -- torch-pruning adapter -------------------------------------------------------------------
+
+_TP_IMPORTANCE: dict[str, Callable[[], object]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+
+# modules torch-pruning rebuilds correctly (verified on the test zoo); anything else that owns
+# parameters is frozen. LSTM support in torch-pruning is partial, so all recurrent layers are frozen.
+_SUPPORTED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm,
+              nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU, nn.Embedding,
+              nn.MultiheadAttention)
+
+
+class _Frozen(tp.pruner.function.BasePruningFunc):
+    """Lets the dependency graph see a layer it cannot rebuild, so groups reaching it can be found
+    (and skipped). Its prune functions refuse loudly: they must never run."""
+
+    TARGET_MODULES = None
+
+    def prune_out_channels(self, layer: nn.Module, idxs):
+        raise StructuredPruneError(f"refusing to prune the outputs of {type(layer).__name__}")
+
+    def prune_in_channels(self, layer: nn.Module, idxs):
+        raise StructuredPruneError(f"refusing to prune the inputs of {type(layer).__name__}")
+
+    def get_out_channels(self, layer: nn.Module):
+        if isinstance(layer, nn.RNNBase):
+            return layer.hidden_size * (2 if layer.bidirectional else 1)
+        return None
+
+    def get_in_channels(self, layer: nn.Module):
+        return layer.input_size if isinstance(layer, nn.RNNBase) else None
+
+
+def frozen_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules owning parameters that structured pruning keeps intact."""
+    return {n: m for n, m in model.named_modules()
+            if not isinstance(m, _SUPPORTED) and any(True for _ in m.parameters(recurse=False))}
+
+
+def prunable_layers(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig) -> dict[str, nn.Module]:
+    """Conv / Linear layers whose output channels may be removed under ``cfg`` (by name)."""
+    skip = set(_excluded(model, example, cfg)) | set(frozen_layers(model))
+    mha_children = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.children()}
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and n not in skip and id(m) not in mha_children}
+
+
+def classifier_name(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The last Conv/Linear executed in a forward pass: its outputs are the model's outputs."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+             for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    try:
+        with torch.no_grad():
+            _forward(model, example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order[-1] if order else None
+
+
+def _excluded(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig) -> list[str]:
+    names = [n for n, _ in model.named_modules() if n and matches(cfg.exclude, n)]
+    if cfg.keep_classifier:
+        head = classifier_name(model, example)
+        if head is not None:
+            names.append(head)
+    return names
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        model.train(was)
+
+
+def model_cost(model: nn.Module, example: torch.Tensor, metric: Literal["params", "macs"]) -> int:
+    if metric == "params":
+        return count_params(model)
+    # TransformerEncoderLayer's fused eval kernel hides its matmuls from the FLOP counter
+    prev = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return count_macs(model, example)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(prev)
+
+
+def _accumulate_grads(model: nn.Module, data: Iterable, loss_fn: LossFn | None, batches: int) -> None:
+    """Sum gradients of a few real batches into ``.grad`` (torch-pruning's Taylor reads them)."""
+    loss_fn = loss_fn or cross_entropy
+    model.zero_grad(set_to_none=True)
+    was = model.training
+    model.eval()
+    n = 0
+    for x, y in data:
+        if n >= batches:
+            break
+        loss_fn(model, x, y).backward()
+        n += 1
+    model.train(was)
+    if n == 0:
+        raise ValueError("Taylor importance needs data: the loader yielded no batches")
+
+
+def _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen):
+    return tp.pruner.BasePruner(
+        model, example, importance=_TP_IMPORTANCE[cfg.importance](), global_pruning=cfg.global_ranking,
+        pruning_ratio=default, pruning_ratio_dict={modules[n]: r for n, r in ratios.items()},
+        max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored, round_to=cfg.round_to,
+        num_heads=mhas, prune_num_heads=head_ratio > 0, prune_head_dims=False, head_pruning_ratio=head_ratio,
+        customized_pruners={type(m): _Frozen() for m in frozen.values()})
+
+
+def _surgery(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig, default: float,
+             ratios: dict[str, float], head_ratio: float, data: Iterable | None,
+             loss_fn: LossFn | None) -> list[str]:
+    """One pruning pass with torch-pruning; returns names of the layers whose groups were skipped."""
+    modules = dict(model.named_modules())
+    frozen = frozen_layers(model)
+    ignored = [modules[n] for n in _excluded(model, example, cfg)] + list(frozen.values())
+    mhas = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    if cfg.importance == "taylor":
+        if data is None:
+            raise ValueError("StructuredPruneConfig.importance='taylor' needs data: pass real (x, y) batches")
+        _accumulate_grads(model, data, loss_fn, cfg.taylor_batches)
+    try:
+        pruner = _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen)
+    except Exception as e:  # noqa: BLE001 - torch-pruning failed to trace: name what it could not handle
+        hint = (f"; it cannot trace around {sorted(frozen)} ({', '.join(type(m).__name__ for m in frozen.values())}):"
+                f" exclude the layers that feed them, or prune them unstructured") if frozen else ""
+        raise StructuredPruneError(f"torch-pruning cannot build the dependency graph of "
+                                   f"{type(model).__name__}: {type(e).__name__}: {e}{hint}") from e
+    names = {m: n for n, m in modules.items()}
+    skipped = []
+    for group in pruner.step(interactive=True):
+        touched = {names.get(dep.target.module) for dep, _ in group}
+        blocked = sorted(t for t in touched if t in frozen)
+        if blocked:
+            root = names.get(group[0][0].target.module)
+            log.info("structured pruning skips the channels of %r: they feed %s (%s), which cannot be "
+                     "rebuilt", root, blocked, ", ".join(type(frozen[b]).__name__ for b in blocked))
+            skipped.append(root)
+            continue
+        group.prune()
+    model.zero_grad(set_to_none=True)
+    return skipped
+
+
+def _restore(model: nn.Module, backup: nn.Module) -> None:
+    # a module's whole state (parameters, buffers, children, hooks) lives in its __dict__
+    model.__dict__.clear()
+    model.__dict__.update(backup.__dict__)
+
+
+def _step_ratio(final: float, k: int, steps: int) -> float:
+    """Ratio of the *current* channels to remove at step k so that after ``steps`` steps the layer
+    has lost ``final`` of its original channels (linear in original channels)."""
+    before, after = final * (k - 1) / steps, final * k / steps
+    return 1.0 - (1.0 - after) / (1.0 - before)
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+
+
+def _layer_ratios(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig,
+                  scale: float = 1.0) -> dict[str, float]:
+    """Ratio for every prunable layer: its ``per_layer`` entry (last match wins) or ``ratio``, times
+    ``scale``, capped so at least one channel survives (torch-pruning silently skips a layer that
+    would lose all of them, which would make the cost non-monotone in the ratio)."""
+    out = {}
+    for n, m in prunable_layers(model, example, cfg).items():
+        hit = [v for k, v in cfg.per_layer.items() if matches([k], n)]
+        c = _out_channels(m)
+        out[n] = max(0.0, min((hit[-1] if hit else cfg.ratio) * scale, cfg.max_layer_ratio, (c - 1) / c - 1e-6))
+    return out
+
+
+def _prune_once(model, example, cfg, scale, data, loss_fn, step: int = 1, steps: int = 1) -> list[str]:
+    ratios = {} if cfg.global_ranking else _layer_ratios(model, example, cfg, scale)
+    default = min(cfg.ratio * scale, cfg.max_layer_ratio)
+    return _surgery(model, example, cfg, _step_ratio(default, step, steps),
+                    {n: _step_ratio(r, step, steps) for n, r in ratios.items()},
+                    _step_ratio(cfg.head_ratio, step, steps), data, loss_fn)
+
+
+def _solve_scale(model, example, cfg, data, loss_fn) -> tuple[float, StructuredPruneConfig]:
+    """Scale of the ratios (uniform ``ratio``, or the ``per_layer`` profile) that removes
+    ``amount`` of the params/MACs: bisection on copies of the model."""
+    base = model_cost(model, example, cfg.target)
+    tmpl = StructuredPruneConfig.from_dict({**cfg.to_dict(), "target": "ratio"})
+    if not cfg.per_layer and tmpl.ratio == 0:
+        tmpl.ratio = 0.5  # the shape of a uniform profile; only the scale matters
+    peak = max([tmpl.ratio, *cfg.per_layer.values()])
+    hi_scale = cfg.max_layer_ratio / peak if peak > 0 else 1.0
+
+    def removed(scale: float) -> float:
+        trial = copy.deepcopy(model)
+        _prune_once(trial, example, tmpl, scale, data, loss_fn)
+        return 1.0 - model_cost(trial, example, cfg.target) / base
+
+    most = removed(hi_scale)
+    if most < cfg.amount:
+        kept = sorted(set(_excluded(model, example, cfg)) | set(frozen_layers(model)))
+        raise StructuredPruneError(
+            f"cannot remove {cfg.amount:.0%} of the {cfg.target}: at max_layer_ratio={cfg.max_layer_ratio} "
+            f"only {most:.1%} goes; layers kept intact: {kept}")
+    lo, hi = 0.0, hi_scale
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if removed(mid) >= cfg.amount else (mid, hi)
+    return hi, tmpl
+
+
+def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = None,
+                    example_input: torch.Tensor | None = None, data: Iterable | None = None, *,
+                    finetune: Finetune | None = None, loss_fn: LossFn | None = None) -> nn.Module:
+    """Remove channels in place (physically); returns ``model``.
+
+    ``example_input``: one real-shaped input (traced to find dependencies; its output shape is
+    checked after surgery). ``data``: real ``(x, y)`` batches for Taylor importance and, with
+    ``config.finetune``, recovery between iterative steps; ``finetune(model) -> model`` (the user's
+    loop) takes precedence. On failure the model is restored and :class:`StructuredPruneError`
+    names the layers.
+    """
+    cfg = config or StructuredPruneConfig()
+    if example_input is None or not isinstance(example_input, torch.Tensor):
+        raise ValueError("prune_channels_ needs example_input: a tensor shaped like a real input batch")
+    check_names_exist(model, cfg.exclude, "StructuredPruneConfig.exclude")
+    check_names_exist(model, cfg.per_layer, "StructuredPruneConfig.per_layer")
+    loader = as_loader(data, cfg.finetune.batch_size if cfg.finetune else 128) if data is not None else None
+    if cfg.importance == "taylor" and loader is None:
+        raise ValueError("prune_channels_: StructuredPruneConfig.importance='taylor' needs data: pass real "
+                         "(x, y) batches")
+    if finetune is None and cfg.finetune is not None:
+        if loader is None:
+            raise ValueError("prune_channels_: StructuredPruneConfig.finetune is set but no data was given")
+        finetune = make_finetune(loader, cfg.finetune, loss_fn=loss_fn)
+    frozen = frozen_layers(model)
+    if frozen:
+        log.info("structured pruning keeps %s intact (%s: not rebuildable)", sorted(frozen),
+                 ", ".join(sorted({type(m).__name__ for m in frozen.values()})))
+    ref = _forward(model, example_input)
+    before = {m: model_cost(model, example_input, m) for m in ("params", "macs")}
+    scale, run_cfg = 1.0, cfg
+    if cfg.target != "ratio":
+        scale, run_cfg = _solve_scale(model, example_input, cfg, loader, loss_fn)
+    for step in range(1, cfg.steps + 1):
+        backup = copy.deepcopy(model)
+        try:
+            _prune_once(model, example_input, run_cfg, scale, loader, loss_fn, step, cfg.steps)
+            out = _forward(model, example_input)
+        except Exception as e:  # noqa: BLE001 - restore, then report with layer names
+            _restore(model, backup)
+            raise StructuredPruneError(f"structured pruning of {type(model).__name__} failed and was undone: "
+                                       f"{type(e).__name__}: {e}") from e
+        if out.shape != ref.shape:
+            changed = [n for (n, a), (_, b) in zip(backup.named_parameters(), model.named_parameters())
+                       if a.shape != b.shape]
+            _restore(model, backup)
+            raise StructuredPruneError(f"output shape changed {tuple(ref.shape)} -> {tuple(out.shape)} after "
+                                       f"pruning {changed[:8]}; model restored. Exclude the layer that "
+                                       f"produces the output (keep_classifier=True or exclude=[...])")
+        if finetune is not None:
+            model = finetune(model) or model
+    after = {m: model_cost(model, example_input, m) for m in ("params", "macs")}
+    log.info("structured pruning: params %d -> %d (%.2fx), MACs %d -> %d (%.2fx)", before["params"],
+             after["params"], before["params"] / max(after["params"], 1), before["macs"], after["macs"],
+             before["macs"] / max(after["macs"], 1))
+    return model
+
+
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    """Output channels / features of each Conv / Linear (handy to show what pruning left)."""
+    return {n: (m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
+            for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+
+
+def removal_fn(model: nn.Module, example: torch.Tensor, metric: Literal["params", "macs"] = "macs",
+               config: StructuredPruneConfig | None = None) -> Callable[[dict[str, float]], float]:
+    """``cost(per_layer_ratios) -> fraction of params/MACs removed``, measured by pruning a copy.
+    Pass it to :func:`allocate_ratios` so a structured target is met exactly."""
+    base_cfg = config or StructuredPruneConfig()
+    base = model_cost(model, example, metric)
+
+    def cost(ratios: dict[str, float]) -> float:
+        trial = copy.deepcopy(model)
+        cfg = StructuredPruneConfig.from_dict({**base_cfg.to_dict(), "target": "ratio", "ratio": 0.0,
+                                               "per_layer": dict(ratios), "steps": 1, "finetune": None})
+        _prune_once(trial, example, cfg, 1.0, None, None)
+        return 1.0 - model_cost(trial, example, metric) / base
+
+    return cost

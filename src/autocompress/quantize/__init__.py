@@ -1,0 +1,21 @@
+"""Quantization: calibrated static int8, dynamic int8, int4 weight-only, fp16, QAT down to 2 bits,
+and automatic mixed precision. Every result exports to ONNX Runtime through
+:func:`autocompress.export.qdq.export_quantized` and the PyTorch model simulates what it computes.
+
+``torch.ao.quantization`` is not used (deprecated upstream)."""
+
+from autocompress.quantize.fake_quant import (ActQuantizer, QuantWrapper, WeightQuantizer, fake_quant,
+                                              round_ste)
+from autocompress.quantize.graph import fold_batchnorm
+from autocompress.quantize.observers import RANGE_ESTIMATORS, CalibrationError, Observer
+from autocompress.quantize.mixed import (LatencyReport, MixedPrecisionConfig, MixedResult, Precision,
+                                         compare_latency, latency_guard_, mixed_precision_)
+from autocompress.quantize.qat import QATConfig, qat_
+from autocompress.quantize.ptq import (DynamicInt8Config, Fp16Config, Int4WeightOnlyConfig, LayerReport,
+                                       PTQConfig, QuantReport, float_view, quant_report, quantize_)
+
+__all__ = ["ActQuantizer", "CalibrationError", "DynamicInt8Config", "Fp16Config", "Int4WeightOnlyConfig",
+           "LatencyReport", "LayerReport", "MixedPrecisionConfig", "MixedResult", "Observer", "PTQConfig",
+           "Precision", "QATConfig", "QuantReport", "QuantWrapper", "RANGE_ESTIMATORS", "WeightQuantizer",
+           "compare_latency", "fake_quant", "float_view", "fold_batchnorm", "latency_guard_",
+           "mixed_precision_", "qat_", "quant_report", "quantize_", "round_ste"]

@@ -1,0 +1,230 @@
+"""Automatic mixed precision and the latency guard.
+
+``mixed_precision_`` measures each layer's sensitivity (accuracy drop, or output error, with only
+that layer quantized at the lowest level), quantizes everything at the lowest level, then raises
+the most sensitive layers one level at a time (e.g. w4a8 -> w8a8 -> fp32) until the accuracy budget
+holds; a step that makes accuracy worse is backed off. The result names every layer's precision
+and the reason.
+
+``latency_guard_`` exports the quantized model and fp32, measures both interleaved on ONNX Runtime
+and, when quantized is slower, returns layers to fp32 one at a time (keeping only changes that
+measure faster), down to the whole model: a latency goal never ships a slower configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+from autocompress.config import Config, ConfigError
+from autocompress.quantize.ptq import (PTQConfig, apply_static, calibration_batches, prepare,
+                                       run_calibration, wrappers_of, _check_shape)
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[nn.Module], float]
+
+
+@dataclass
+class Precision(Config):
+    """One precision level; ``weight_bits=None`` means the layer stays float32."""
+
+    weight_bits: int | None = 8
+    act_bits: int | None = 8
+
+    def validate(self) -> None:
+        if (self.weight_bits is None) != (self.act_bits is None):
+            raise ConfigError("Precision: weight_bits and act_bits are both set or both None (fp32)")
+        for f in ("weight_bits", "act_bits"):
+            v = getattr(self, f)
+            if v is not None and not 2 <= v <= 8:
+                raise ConfigError(f"Precision.{f} must be in [2, 8] or None, got {v}")
+
+    @property
+    def label(self) -> str:
+        return "fp32" if self.weight_bits is None else f"w{self.weight_bits}a{self.act_bits}"
+
+    def pair(self) -> tuple[int, int] | None:
+        return None if self.weight_bits is None else (self.weight_bits, self.act_bits)
+
+
+@dataclass
+class MixedPrecisionConfig(Config):
+    """``levels`` from lowest to highest precision; every layer starts at ``levels[0]``."""
+
+    levels: list[Precision] = field(default_factory=lambda: [Precision(8, 8), Precision(None, None)])
+    max_drop: float = 0.001              # allowed accuracy drop vs float, as a fraction (0.001 = 0.1 pt)
+    sensitivity: Literal["accuracy", "output_error"] = "accuracy"
+    ptq: PTQConfig = field(default_factory=PTQConfig)   # calibration settings
+
+    def validate(self) -> None:
+        if len(self.levels) < 2:
+            raise ConfigError("MixedPrecisionConfig.levels needs at least two levels (low, high)")
+        if self.max_drop < 0:
+            raise ConfigError(f"MixedPrecisionConfig.max_drop must be >= 0, got {self.max_drop}")
+
+
+@dataclass
+class MixedResult:
+    precision: dict[str, str]            # layer -> level label
+    reason: dict[str, str]
+    sensitivity: dict[str, float]        # accuracy drop (or output MSE) with only this layer quantized
+    reference: float                     # float accuracy
+    accuracy: float                      # final accuracy
+    budget_met: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rows = [f"float {self.reference:.4f} -> mixed {self.accuracy:.4f} "
+                f"(budget {'met' if self.budget_met else 'NOT met'})",
+                "| layer | precision | sensitivity | why |", "|---|---|---|---|"]
+        for k in self.precision:
+            rows.append(f"| {k} | {self.precision[k]} | {self.sensitivity[k]:.4g} | {self.reason[k]} |")
+        return "\n".join(rows)
+
+
+def _set(model: nn.Module, cfg: MixedPrecisionConfig, levels: dict[str, int]) -> None:
+    apply_static(model, cfg.ptq, {n: cfg.levels[i].pair() for n, i in levels.items()})
+
+
+@torch.no_grad()
+def _output_error(model: nn.Module, x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(((model(x) - ref) ** 2).mean())
+
+
+def mixed_precision_(model: nn.Module, config: MixedPrecisionConfig, calibration_data: Any,
+                     evaluate: Evaluate) -> MixedResult:
+    """Quantize in place at per-layer precisions chosen to keep ``evaluate(model)`` (validation
+    accuracy, higher is better) within ``max_drop`` of float."""
+    cfg = config
+    batches = calibration_batches(calibration_data, cfg.ptq.num_calibration, cfg.ptq.batch_size)
+    _check_shape(model, batches[0])
+    prepare(model, cfg.ptq.skip_layers, on_unsupported=cfg.ptq.on_unsupported)
+    run_calibration(model, batches)
+    names = list(wrappers_of(model))
+    top = len(cfg.levels) - 1
+    low = cfg.levels[0].pair()
+    apply_static(model, cfg.ptq, {n: None for n in names})
+    reference = evaluate(model)
+    x = batches[0]
+    with torch.no_grad():
+        ref_out = model(x)
+    sens: dict[str, float] = {}
+    for n in names:     # only this layer quantized, everything else float
+        apply_static(model, cfg.ptq, {m: (low if m == n else None) for m in names})
+        sens[n] = (reference - evaluate(model) if cfg.sensitivity == "accuracy"
+                   else _output_error(model, x, ref_out))
+    order = sorted(names, key=lambda n: -sens[n])
+    levels = {n: 0 for n in names}
+    _set(model, cfg, levels)
+    acc = evaluate(model)
+    history = [{"step": "all at " + cfg.levels[0].label, "accuracy": acc}]
+    reason = {n: f"budget held at {cfg.levels[0].label}" for n in names}
+    backed_off: set[tuple[str, int]] = set()
+    while reference - acc > cfg.max_drop:
+        moved = False
+        for n in order:
+            if levels[n] >= top or (n, levels[n] + 1) in backed_off:
+                continue
+            levels[n] += 1
+            _set(model, cfg, levels)
+            new = evaluate(model)
+            lvl = cfg.levels[levels[n]].label
+            if new < acc:
+                history.append({"step": f"{n} -> {lvl}", "accuracy": new, "kept": False})
+                backed_off.add((n, levels[n]))
+                levels[n] -= 1
+                continue
+            history.append({"step": f"{n} -> {lvl}", "accuracy": new, "kept": True})
+            reason[n] = (f"raised to {lvl}: sensitivity rank {order.index(n) + 1}/{len(order)}, "
+                         f"accuracy {acc:.4f} -> {new:.4f}")
+            acc, moved = new, True
+            if reference - acc <= cfg.max_drop:
+                break
+        if not moved:
+            break
+    _set(model, cfg, levels)
+    for n in names:
+        if (n, levels[n] + 1) in backed_off and levels[n] < top:
+            reason[n] += "; raising it made accuracy worse, backed off"
+        w = wrappers_of(model)[n]
+        w.reason = f"mixed precision: {reason[n]}"
+    met = reference - acc <= cfg.max_drop
+    if not met:
+        log.warning("mixed precision: budget %.4f not met (drop %.4f)", cfg.max_drop, reference - acc)
+    return MixedResult({n: cfg.levels[levels[n]].label for n in names}, reason, sens, reference, acc,
+                       met, history)
+
+
+# -- latency -------------------------------------------------------------------------------------
+
+@dataclass
+class LatencyReport:
+    fp32_ms: dict[int, float]
+    quantized_ms: dict[int, float]     # before any fallback
+    chosen_ms: dict[int, float]        # what ships
+    fallbacks: list[str]               # layers returned to fp32 for speed
+    whole_model_fp32: bool
+
+    def ratio(self, b: int) -> float:
+        return self.chosen_ms[b] / self.fp32_ms[b]
+
+
+def compare_latency(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64),
+                    runs: int = 100, workdir: str | Path | None = None) -> dict[str, dict[int, float]]:
+    """Median ONNX Runtime latency (ms) of the exported quantized model and of fp32, interleaved."""
+    from autocompress.export import export_onnx, measure_latency
+    from autocompress.export.qdq import export_quantized
+    from autocompress.quantize.ptq import float_view
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        fp = export_onnx(float_view(model), example, Path(tmp) / "fp32.onnx")
+        qp = export_quantized(model, example, Path(tmp) / "quant.onnx")
+        lat = measure_latency({"fp32": fp, "quant": qp}, tuple(example.shape[1:]), batch_sizes, runs=runs)
+    return {k: {b: s.median_ms for b, s in v.items()} for k, v in lat.items()}
+
+
+def latency_guard_(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64),
+                   runs: int = 100, margin: float = 0.02) -> LatencyReport:
+    """Never ship slower than fp32: if the exported quantized model is slower (at any of
+    ``batch_sizes``, summed), return layers to fp32 greedily, keeping only changes measured faster."""
+    def total(d: dict[int, float]) -> float:
+        return sum(d[b] / ref[b] for b in batch_sizes)
+
+    lat = compare_latency(model, example, batch_sizes, runs)
+    ref, first = lat["fp32"], lat["quant"]
+    best = first
+    fallbacks: list[str] = []
+    ws = wrappers_of(model)
+    if total(best) > len(batch_sizes) * (1 - margin):
+        for name, w in ws.items():
+            if w.mode == "fp32":
+                continue
+            saved = (w.mode, w.in_q.enabled, w.out_q.enabled)
+            w.mode, w.in_q.enabled, w.out_q.enabled = "fp32", False, False
+            if all(x.mode == "fp32" for x in ws.values()):
+                trial = dict(ref)
+            else:
+                trial_lat = compare_latency(model, example, batch_sizes, runs)
+                ref = trial_lat["fp32"]
+                trial = trial_lat["quant"]
+            if total(trial) < total(best) * (1 - margin):
+                best = trial
+                fallbacks.append(name)
+                w.reason = "kept float32: quantized measured slower on ONNX Runtime"
+            else:
+                w.mode, w.in_q.enabled, w.out_q.enabled = saved
+            if total(best) <= len(batch_sizes) * (1 - margin):
+                break
+    whole = total(best) > len(batch_sizes)
+    if whole:   # still slower than fp32: ship fp32
+        for w in ws.values():
+            w.mode, w.in_q.enabled, w.out_q.enabled = "fp32", False, False
+            w.reason = "kept float32: the quantized model measured slower than fp32"
+        best = dict(ref)
+    return LatencyReport(ref, first, best, fallbacks, whole)

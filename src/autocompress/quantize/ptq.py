@@ -1,0 +1,418 @@
+"""Post-training quantization: configs, the ``quantize_`` verb and its per-config transforms.
+
+    model = quantize_(model, PTQConfig(calibration="percentile"), calib_x)   # fake-quant wrappers
+    print(quant_report(model))                                               # what runs how, and why
+    export_quantized(model, example, "model.int8.onnx")                      # autocompress.export.qdq
+
+The returned model simulates in PyTorch what ONNX Runtime computes from the exported QDQ graph.
+A config type maps to its transform through :data:`_TRANSFORMS` (no if/elif over names).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+from torch import nn
+
+from autocompress.config import Config, ConfigError
+from autocompress.quantize.fake_quant import SUPPORTED, QuantWrapper, WeightQuantizer
+from autocompress.quantize.graph import fold_batchnorm, plan
+from autocompress.quantize.observers import Calibration, CalibrationError
+
+log = logging.getLogger(__name__)
+
+# parameterised layers we do not quantize (they stay float32 and are named in the report)
+_FLOAT_ONLY = (nn.RNNBase, nn.MultiheadAttention, nn.Embedding, nn.EmbeddingBag, nn.LayerNorm,
+               nn.modules.batchnorm._BatchNorm, nn.modules.conv._ConvTransposeNd, nn.Conv3d,
+               nn.GroupNorm, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+_WHY = {nn.TransformerEncoderLayer: "its fused fast path reads the weights directly, bypassing wrappers",
+        nn.TransformerDecoderLayer: "its fused fast path reads the weights directly, bypassing wrappers",
+        nn.MultiheadAttention: "attention reads in_proj/out_proj weights directly, bypassing wrappers",
+        nn.RNNBase: "recurrent layers are not quantized (no exact ONNX Runtime equivalent here)"}
+
+
+# -- configs -------------------------------------------------------------------------------------
+
+def _check_bits(cls: str, name: str, v: int, lo: int, hi: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ConfigError(f"{cls}.{name} must be an integer in [{lo}, {hi}], got {v!r}")
+
+
+@dataclass
+class PTQConfig(Config):
+    """Static post-training quantization: weights per channel symmetric, activations per tensor."""
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    calibration: Calibration = "minmax"        # activation range estimator
+    percentile: float = 99.99                  # for calibration="percentile"
+    weight_calibration: Literal["minmax", "mse"] = "minmax"
+    per_channel: bool = True
+    num_calibration: int = 512                 # samples used from the calibration data
+    batch_size: int = 128
+    skip_layers: list[str] = field(default_factory=list)  # module names kept at float32
+    quantize_logits: bool = False              # quantize the last layer's output too
+    # sub-8-bit Linear weights: "int8" holding fewer levels (fast QGemm) or "packed" 2/4-bit
+    # codes in MatMulNBits (smaller file, float matmul); convolutions always use int8
+    weight_storage: Literal["int8", "packed"] = "int8"
+    on_unsupported: Literal["fallback", "error"] = "fallback"
+
+    def validate(self) -> None:
+        _check_bits("PTQConfig", "weight_bits", self.weight_bits, 2, 8)
+        _check_bits("PTQConfig", "act_bits", self.act_bits, 2, 8)
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"PTQConfig.percentile must be in (50, 100], got {self.percentile}")
+        if self.num_calibration < 1:
+            raise ConfigError(f"PTQConfig.num_calibration must be >= 1, got {self.num_calibration}")
+        if self.batch_size < 1:
+            raise ConfigError(f"PTQConfig.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class Int4WeightOnlyConfig(Config):
+    """int4 weights in groups of ``group_size`` along K for Linear layers (ONNX ``MatMulNBits``);
+    activations stay float. Convolutions are not touched (the runtime op is MatMul-only)."""
+
+    group_size: int = 32
+    symmetric: bool = False     # asymmetric groups carry a 4-bit zero point each
+    skip_layers: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.group_size < 16 or self.group_size & (self.group_size - 1):
+            raise ConfigError(f"Int4WeightOnlyConfig.group_size must be a power of two >= 16 "
+                              f"(MatMulNBits block size), got {self.group_size}")
+
+
+@dataclass
+class DynamicInt8Config(Config):
+    """Linear layers with int8 weights per channel and activations quantized at run time
+    (``DynamicQuantizeMatMul``). Convolutions stay float: dynamic conv is several times slower."""
+
+    per_channel: bool = True
+    skip_layers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Fp16Config(Config):
+    """Weights and biases stored in float16 (half the file), computed in float32."""
+
+    skip_layers: list[str] = field(default_factory=list)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+@dataclass
+class LayerReport:
+    mode: str                        # static / dynamic / weight_only / fp16 / fp32
+    weight_bits: int | None
+    act_bits: int | None
+    storage: str                     # how the deployed file stores the weights
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class QuantReport:
+    layers: dict[str, LayerReport]
+    float_layers: dict[str, str]     # parameterised modules left in float32 -> why
+    folded_bn: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": {k: v.to_dict() for k, v in self.layers.items()},
+                "float_layers": dict(self.float_layers), "folded_bn": list(self.folded_bn)}
+
+    def __str__(self) -> str:
+        rows = ["| layer | mode | bits (w/a) | storage | why |", "|---|---|---|---|---|"]
+        for k, v in self.layers.items():
+            rows.append(f"| {k} | {v.mode} | {v.weight_bits or '-'}/{v.act_bits or '-'} | "
+                        f"{v.storage} | {v.reason} |")
+        for k, why in self.float_layers.items():
+            rows.append(f"| {k} | fp32 | - | float32 | {why} |")
+        return "\n".join(rows)
+
+
+def storage_of(w: QuantWrapper) -> str:
+    if w.mode == "fp32":
+        return "float32"
+    if w.mode == "fp16":
+        return "float16"
+    if w.mode == "weight_only":
+        return f"int4 packed (MatMulNBits, block {w.w_q.group_size})"
+    levels = w.w_q.qmax - w.w_q.qmin + 1
+    if w.mode == "static" and w.storage == "packed" and w.w_q.bits <= 4 and isinstance(w.module, nn.Linear):
+        bits = 2 if w.w_q.bits <= 2 else 4
+        return f"int{bits} packed (MatMulNBits, {levels} levels)"
+    return "int8" if w.w_q.bits == 8 else f"int8 holding {levels} levels ({w.w_q.bits}-bit)"
+
+
+def quant_report(model: nn.Module) -> QuantReport:
+    """Which layer runs at which precision and why (also embedded in the exported ONNX)."""
+    state = getattr(model, "_autocompress_quant", {})
+    layers = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantWrapper):
+            static = m.mode == "static"
+            layers[name] = LayerReport(
+                m.mode, m.w_q.bits if m.mode in ("static", "dynamic", "weight_only") else None,
+                m.in_q.bits if static else (8 if m.mode == "dynamic" else None), storage_of(m), m.reason)
+    return QuantReport(layers, dict(state.get("float_layers", {})), list(state.get("folded_bn", [])))
+
+
+# -- calibration data ----------------------------------------------------------------------------
+
+def calibration_batches(data: Any, limit: int, batch_size: int) -> list[torch.Tensor]:
+    """Accept a tensor (N, ...), a Dataset/DataLoader/iterable of tensors or (x, y) pairs;
+    return at most ``limit`` samples as float batches, with clear errors for bad data."""
+    if data is None:
+        raise CalibrationError("calibration data is required (a few hundred real samples)")
+    if isinstance(data, torch.Tensor):
+        items: Iterable = data.split(batch_size)
+    elif isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        items = torch.utils.data.DataLoader(data, batch_size=batch_size)
+    else:
+        items = data
+    out, n = [], 0
+    for b in items:
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        if not isinstance(x, torch.Tensor):
+            raise CalibrationError(f"calibration data must yield tensors, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise CalibrationError(f"calibration inputs must be floating point, got {x.dtype} "
+                                   "(convert images to float, e.g. x.float() / 255)")
+        if not torch.isfinite(x).all():
+            raise CalibrationError("calibration inputs contain NaN or Inf")
+        if out and x.shape[1:] != out[0].shape[1:]:
+            raise CalibrationError(f"calibration batches disagree on shape: {tuple(out[0].shape[1:])} "
+                                   f"then {tuple(x.shape[1:])}")
+        x = x[: limit - n].float()
+        out.append(x)
+        n += x.shape[0]
+        if n >= limit:
+            break
+    if n == 0:
+        raise CalibrationError("the calibration set is empty: quantization needs real samples")
+    return out
+
+
+def _check_shape(model: nn.Module, x: torch.Tensor) -> None:
+    want = getattr(model, "input_shape", None)
+    if want is not None and tuple(x.shape[1:]) != tuple(want):
+        raise CalibrationError(f"calibration inputs have shape {tuple(x.shape)}, but "
+                               f"{type(model).__name__} expects (N, {', '.join(map(str, want))})")
+
+
+@torch.no_grad()
+def run_calibration(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Observe every wrapper's input/output on the float model (all wrappers in fp32 mode)."""
+    wrappers = wrappers_of(model)
+    modes = {n: w.mode for n, w in wrappers.items()}
+    for w in wrappers.values():
+        w.mode = "fp32"
+        w.observing(True)
+    model.eval()
+    try:
+        for x in batches:
+            try:
+                model(x)
+            except (RuntimeError, ValueError) as e:
+                raise CalibrationError(f"the model rejects calibration inputs of shape {tuple(x.shape)} "
+                                       f"(dtype {x.dtype}): {str(e).splitlines()[0]}") from None
+    finally:
+        for n, w in wrappers.items():
+            w.observing(False)
+            w.mode = modes[n]
+
+
+# -- wrapping ------------------------------------------------------------------------------------
+
+def wrappers_of(model: nn.Module) -> dict[str, QuantWrapper]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
+
+
+def _check_finite(name: str, m: nn.Module) -> None:
+    for pname, p in m.named_parameters(recurse=False):
+        if not torch.isfinite(p).all():
+            raise ValueError(f"{name}.{pname} contains NaN or Inf: fix the float model before quantizing")
+
+
+def prepare(model: nn.Module, skip: Iterable[str] = (), linear_only: bool = False,
+            on_unsupported: str = "fallback") -> nn.Module:
+    """Fold BN, wrap every supported layer (in place), record float-only layers with reasons."""
+    if any(isinstance(m, QuantWrapper) for m in model.modules()):
+        return model      # already prepared: re-quantizing with another config reuses the wrappers
+    model.eval()
+    folded = fold_batchnorm(model)
+    skip = set(skip)
+    mods = dict(model.named_modules())
+    unknown = skip - set(mods)
+    if unknown:
+        raise ConfigError(f"skip_layers names unknown modules {sorted(unknown)}")
+    float_layers: dict[str, str] = {}
+    targets: list[str] = []
+    inside_float: list[str] = []
+    for name, m in mods.items():
+        if not name or any(name.startswith(p + ".") for p in inside_float):
+            continue
+        _check_finite(name, m)
+        if isinstance(m, _FLOAT_ONLY):
+            inside_float.append(name)
+            if any(True for _ in m.parameters(recurse=True)):
+                detail = next((v for t, v in _WHY.items() if isinstance(m, t)), "unsupported layer type")
+                why = f"{type(m).__name__} kept float32: {detail}"
+                if on_unsupported == "error":
+                    raise TypeError(f"{name}: {why}")
+                float_layers[name] = why
+        elif isinstance(m, SUPPORTED):
+            if linear_only and not isinstance(m, nn.Linear):
+                float_layers[name] = f"{type(m).__name__}: this config quantizes Linear layers only"
+            elif name in skip:
+                float_layers[name] = "listed in skip_layers"
+            else:
+                targets.append(name)
+    for name in targets:
+        _swap(model, name, QuantWrapper(mods[name], name))
+    facts = plan(_float_view_for_trace(model), set(targets))
+    for name, w in wrappers_of(model).items():
+        w.relu_fused = name in facts.relu_after
+        w.quantize_output = name not in facts.to_output
+        src = facts.ties.get(name)
+        w.in_q.source = wrappers_of(model)[src].out_q if src else None
+    model._autocompress_quant = {"float_layers": float_layers, "folded_bn": folded,
+                                 "traced": facts.traced}
+    return model
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def _float_view_for_trace(model: nn.Module) -> nn.Module:
+    """fx treats QuantWrapper as a leaf only if it is a known leaf type; trace a shallow view
+    where each wrapper is replaced by its inner layer (same names)."""
+    import copy
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    for name, w in list(wrappers_of(model).items()):
+        _swap_view(view, name, w.module)
+    return view
+
+
+def _swap_view(view: nn.Module, name: str, new: nn.Module) -> None:
+    # copy each parent on the path so the original model is untouched
+    import copy
+    parts = name.split(".")
+    cur = view
+    for p in parts[:-1]:
+        child = copy.copy(cur._modules[p])
+        child._modules = dict(child._modules)
+        cur._modules[p] = child
+        cur = child
+    cur._modules[parts[-1]] = new
+
+
+def float_view(model: nn.Module) -> nn.Module:
+    """A structural copy of the model with each wrapper replaced by its (float) inner layer;
+    parameters are shared, not copied. Used for export and fp32 baselines."""
+    return _float_view_for_trace(model)
+
+
+# -- transforms ----------------------------------------------------------------------------------
+
+Transform = Callable[[nn.Module, Any, Any], nn.Module]
+_TRANSFORMS: dict[type, Transform] = {}
+
+
+def register(cfg_type: type) -> Callable[[Transform], Transform]:
+    def deco(fn: Transform) -> Transform:
+        _TRANSFORMS[cfg_type] = fn
+        return fn
+    return deco
+
+
+def quantize_(model: nn.Module, config: Config, calibration_data: Any = None) -> nn.Module:
+    """Quantize ``model`` in place according to ``config``; returns the model with fake-quant
+    wrappers that simulate the ONNX Runtime deployment. Static configs need ``calibration_data``."""
+    fn = _TRANSFORMS.get(type(config))
+    if fn is None:
+        raise TypeError(f"quantize_: unsupported config {type(config).__name__}; "
+                        f"known: {[t.__name__ for t in _TRANSFORMS]}")
+    return fn(model, config, calibration_data)
+
+
+def configure_static(w: QuantWrapper, weight_bits: int, act_bits: int, cfg: PTQConfig) -> None:
+    """Set one wrapper to static w{weight_bits}a{act_bits} from its calibrated observers."""
+    w.mode = "static"
+    w.storage = cfg.weight_storage
+    w.w_q = WeightQuantizer(weight_bits, cfg.per_channel, None, True, cfg.weight_calibration)
+    w.w_q.calibrate(w.weight)
+    for q in (w.in_q, w.out_q):
+        if q.bits != act_bits:
+            q.bits = act_bits
+            q.qmin, q.qmax = -(2 ** (act_bits - 1)), 2 ** (act_bits - 1) - 1
+        q.calibrate(cfg.calibration, cfg.percentile)
+        q.enabled = True
+    w.out_q.enabled = w.quantize_output or cfg.quantize_logits
+
+
+def apply_static(model: nn.Module, cfg: PTQConfig, precisions: dict[str, tuple[int, int] | None]) -> None:
+    """Apply per-layer precisions (``None`` = fp32); tied inputs fall back to their own grid when
+    the upstream layer is float."""
+    for name, w in wrappers_of(model).items():
+        p = precisions.get(name, (cfg.weight_bits, cfg.act_bits))
+        if w.in_q.observer.count == 0:     # never ran: nothing to calibrate from
+            p = None
+            w.reason = "never ran during calibration (unused or bypassed): kept float32"
+        if p is None:
+            w.mode = "fp32"
+            w.in_q.enabled = w.out_q.enabled = False
+        else:
+            configure_static(w, p[0], p[1], cfg)
+
+
+@register(PTQConfig)
+def _ptq(model: nn.Module, cfg: PTQConfig, data: Any) -> nn.Module:
+    batches = calibration_batches(data, cfg.num_calibration, cfg.batch_size)
+    _check_shape(model, batches[0])
+    prepare(model, cfg.skip_layers, on_unsupported=cfg.on_unsupported)
+    run_calibration(model, batches)
+    for w in wrappers_of(model).values():
+        w.reason = f"static w{cfg.weight_bits}a{cfg.act_bits}, {cfg.calibration} calibration"
+    apply_static(model, cfg, {})
+    return model
+
+
+@register(Int4WeightOnlyConfig)
+def _int4(model: nn.Module, cfg: Int4WeightOnlyConfig, data: Any = None) -> nn.Module:
+    prepare(model, cfg.skip_layers, linear_only=True)
+    for w in wrappers_of(model).values():
+        w.mode = "weight_only"
+        w.w_q = WeightQuantizer(4, True, cfg.group_size, cfg.symmetric)
+        w.w_q.calibrate(w.weight)
+        w.reason = f"int4 weight-only, groups of {cfg.group_size}"
+    return model
+
+
+@register(DynamicInt8Config)
+def _dynamic(model: nn.Module, cfg: DynamicInt8Config, data: Any = None) -> nn.Module:
+    prepare(model, cfg.skip_layers, linear_only=True)
+    for w in wrappers_of(model).values():
+        w.mode = "dynamic"
+        w.w_q = WeightQuantizer(8, cfg.per_channel)
+        w.w_q.calibrate(w.weight)
+        w.reason = "dynamic int8 (activation range measured at run time)"
+    return model
+
+
+@register(Fp16Config)
+def _fp16(model: nn.Module, cfg: Fp16Config, data: Any = None) -> nn.Module:
+    prepare(model, cfg.skip_layers)
+    for w in wrappers_of(model).values():
+        w.mode = "fp16"
+        w.reason = "float16 storage"
+    return model

@@ -1,0 +1,67 @@
+"""The ``inspect`` report: per-layer sensitivity per technique, as tables and one plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autocompress.report.plots import sensitivity_plot
+from autocompress.report.tables import md_table
+
+
+TECHNIQUE_NAMES = {"prune", "structured", "quantize", "cluster", "factorize", "distill"}
+
+
+def normalise(sens: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """Accept ``{technique: {layer: {setting: acc}}}`` (what ``search.inspect`` returns),
+    ``{layer: {technique: {setting: acc}}}``, ``{layer: {"sensitivity": {...}}}`` or ``{"layers": ...}``;
+    return ``{layer: {technique: {str(setting): acc}}}``."""
+    layers = sens.get("layers", sens) if isinstance(sens.get("layers"), dict) else sens
+    if layers and set(layers) <= TECHNIQUE_NAMES:   # technique-first: transpose
+        flipped: dict[str, dict] = {}
+        for tech, per_layer in layers.items():
+            for layer, pts in (per_layer or {}).items():
+                if isinstance(pts, dict):
+                    flipped.setdefault(layer, {})[tech] = pts
+        layers = flipped
+    out = {}
+    for layer, info in layers.items():
+        if not isinstance(info, dict):
+            continue
+        per_tech = info.get("sensitivity", info)
+        out[layer] = {t: {str(k): v for k, v in (pts or {}).items()}
+                      for t, pts in per_tech.items() if isinstance(pts, dict)}
+    return out
+
+
+def sensitivity_tables(sens: dict) -> str:
+    """One markdown table per technique: a row per layer, a column per setting (validation accuracy)."""
+    layers = normalise(sens)
+    techs = sorted({t for per in layers.values() for t in per})
+    out = []
+    for t in techs:
+        settings = sorted({k for per in layers.values() for k in per.get(t, {})},
+                          key=lambda k: (float(k) if k.replace(".", "", 1).isdigit() else float("inf"), k))
+        rows = [[layer] + [f"{100 * per[t][k]:.2f} %" if k in per.get(t, {}) else "—" for k in settings]
+                for layer, per in layers.items() if t in per]
+        out += [f"### {t}", "", md_table(["layer"] + settings, rows), ""]
+    return "\n".join(out)
+
+
+def write_inspect(sens: dict, out_dir: str | Path, title: str = "Per-layer sensitivity") -> dict[str, Path]:
+    """``inspect.md`` (tables + plot), ``sensitivity.png`` and ``inspect.json`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = normalise(sens)
+    paths = {"json": out / "inspect.json"}
+    paths["json"].write_text(json.dumps(sens, indent=2, default=str))
+    png = sensitivity_plot({"layers": {k: {"sensitivity": v} for k, v in layers.items()}})
+    md = [f"# {title}", "", "Validation accuracy with one layer compressed at a time (higher = less sensitive).", ""]
+    if png is not None:
+        paths["plot"] = out / "sensitivity.png"
+        paths["plot"].write_bytes(png)
+        md += ["![sensitivity](sensitivity.png)", ""]
+    md.append(sensitivity_tables(sens) or "No sensitivity data.")
+    paths["md"] = out / "inspect.md"
+    paths["md"].write_text("\n".join(md) + "\n")
+    return paths

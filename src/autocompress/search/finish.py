@@ -1,0 +1,132 @@
+"""Turn a finished (or interrupted) study into a :class:`Result` measured on the test split."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+
+from autocompress.measure import Measurement, compare, measure
+from autocompress.search.recipe import Recipe
+from autocompress.search.result import Result, TrialRecord
+
+log = logging.getLogger(__name__)
+
+
+def trial_records(study) -> list[TrialRecord]:
+    out = []
+    for t in study.trials:
+        a = t.user_attrs
+        state = t.state.name.lower()
+        out.append(TrialRecord(
+            number=t.number, state=state, recipe=a.get("recipe", {}),
+            val_accuracy=a.get("val_accuracy"), size_bytes=a.get("size_bytes"),
+            onnx_bytes=a.get("onnx_bytes"), storage_bytes=a.get("storage_bytes"),
+            latency_ms=a.get("latency_ms"), base_latency_ms=a.get("base_latency_ms"),
+            feasible=state == "complete" and not a.get("violations", ["?"]),
+            duration_s=float(a.get("duration_s") or (t.duration.total_seconds() if t.duration else 0.0)),
+            note="; ".join(a.get("violations", [])) or a.get("note", "") or _fail_reason(t)))
+    return out
+
+
+def _fail_reason(t) -> str:
+    return str(t.system_attrs.get("fail_reason", ""))[:300] if t.state.name == "FAIL" else ""
+
+
+def pareto_front(records: list[TrialRecord]) -> list[int]:
+    """Trials not dominated on (accuracy up, size down, latency ratio down)."""
+    pts = [(r.number, r.val_accuracy, r.size_bytes,
+            (r.latency_ms / r.base_latency_ms) if (r.latency_ms and r.base_latency_ms) else math.inf)
+           for r in records if r.state == "complete" and r.val_accuracy is not None]
+    front = []
+    for n, a, s, l in pts:
+        dominated = any((a2 >= a and s2 <= s and l2 <= l) and (a2 > a or s2 < s or l2 < l)
+                        for _, a2, s2, l2 in pts)
+        if not dominated:
+            front.append(n)
+    return sorted(front)
+
+
+def blocking_layers(sensitivity: dict, k: int = 3) -> list[str]:
+    """The layers whose accuracy falls fastest under each technique: what blocks the budget."""
+    from autocompress.search.steps import sensitivity_curves
+    worst: dict[str, float] = {}
+    for _tech, per_layer in sensitivity_curves(sensitivity).items():
+        if not isinstance(per_layer, dict):
+            continue
+        for layer, curve in per_layer.items():
+            if isinstance(curve, dict) and curve:
+                worst[layer] = max(worst.get(layer, 0.0), max(curve.values()) - min(curve.values()))
+    return [n for n, _ in sorted(worst.items(), key=lambda kv: -kv[1])[:k] if _ > 0]
+
+
+def layer_table(model, sensitivity: dict) -> dict[str, dict]:
+    """Per-layer sparsity, bit width and sensitivity for the report."""
+    from torch import nn
+
+    layers: dict[str, dict] = {}
+    if model is not None:
+        for name, m in model.named_modules():
+            w = getattr(m, "weight", None)
+            if isinstance(w, nn.Parameter) and w.dim() > 1:
+                layers[name] = {"sparsity": float((w == 0).float().mean()), "bits": _bits_of(m),
+                                "precision_reason": getattr(m, "precision_reason", None), "sensitivity": {}}
+    from autocompress.search.steps import sensitivity_curves
+    for tech, per_layer in sensitivity_curves(sensitivity).items():
+        if isinstance(per_layer, dict):
+            for layer, curve in per_layer.items():
+                if isinstance(curve, dict):
+                    layers.setdefault(layer, {"sparsity": None, "bits": None, "precision_reason": None,
+                                              "sensitivity": {}})["sensitivity"][tech] = curve
+    return layers
+
+
+def _bits_of(m) -> int | None:
+    for attr in ("weight_bits", "bits"):
+        v = getattr(m, attr, None)
+        if isinstance(v, int):
+            return v
+    return 32
+
+
+def build_result(study, shared, title: str, elapsed: float) -> Result:
+    from autocompress.search.steps import deploy, rebuild_best
+
+    records = trial_records(study)
+    best_meta_path = shared.out_dir / "best" / "best.json"
+    base_m = measure(shared.model, shared.data, "baseline", splits=("val", "test"),
+                     onnx_path=shared.base_onnx)
+    sens = shared.ctx.sensitivity
+    if not best_meta_path.exists():
+        msg = "no trial completed; nothing to deploy"
+        compare({"baseline": base_m}, tuple(shared.data.input_shape))
+        return Result(None, None, shared.budget, base_m, None, False, msg, records,
+                      [], layer_table(shared.model, sens), blocking_layers(sens), {}, title)
+    meta = json.loads(best_meta_path.read_text())
+    recipe = Recipe.from_dict(meta["attrs"]["recipe"])
+    best_dir = shared.out_dir / "best"
+    model = rebuild_best(shared, recipe, meta["trial"])
+    final = measure(model, shared.data, "compressed", splits=("val", "test"),
+                    onnx_path=best_dir / "model.onnx")
+    final.storage_bytes = (best_dir / "model.acz").stat().st_size if (best_dir / "model.acz").exists() else None
+    base_m.storage_bytes = None
+    compare({"baseline": base_m, "compressed": final}, tuple(shared.data.input_shape),
+            runs=30 if shared.quick else 100)
+    met = bool(meta.get("feasible"))
+    n_done = sum(r.state == "complete" for r in records)
+    if met:
+        msg = (f"budget met by trial {meta['trial']} ({recipe.describe()}) after {n_done} trial(s) "
+               f"in {elapsed:.0f} s")
+    else:
+        viol = "; ".join(meta["attrs"].get("violations", []))
+        msg = (f"budget NOT met after {n_done} trial(s) in {elapsed:.0f} s; closest: trial {meta['trial']} "
+               f"({recipe.describe()}): {viol}")
+    res = Result(model, recipe, shared.budget, base_m, final, met, msg, records, pareto_front(records),
+                 layer_table(model, sens), [] if met else blocking_layers(sens),
+                 {"onnx": str(best_dir / "model.onnx"), "storage": str(best_dir / "model.acz"),
+                  "recipe": str(best_dir / "recipe.yaml")}, title)
+    res.export(shared.out_dir)
+    log.info(msg)
+    return res

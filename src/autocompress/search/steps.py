@@ -1,0 +1,237 @@
+"""How a recipe is applied: each technique is one step ``(model, recipe, ctx) -> model``.
+
+The steps only call the techniques' public verbs (``prune_channels_``, ``factorize_``, ``prune_``,
+``cluster_``, ``quantize_``/``qat_``); this module decides order and fine-tuning, nothing more.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from autocompress.data import Splits
+from autocompress.search.budget import Budget
+from autocompress.search.recipe import Recipe
+from autocompress.train import TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialContext:
+    data: Splits
+    teacher: nn.Module
+    example: torch.Tensor
+    evaluate: Callable[[nn.Module], float]       # validation accuracy, in [0, 1]
+    finetune: Callable[[nn.Module], nn.Module] | None
+    seed: int
+    quick: bool
+    work_dir: Path
+    budget: Budget
+    sensitivity: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def train_set(self):
+        if self.quick:  # tests: a fixed few thousand samples are enough to exercise every path
+            return Subset(self.data.train, range(min(3000, len(self.data.train))))
+        return self.data.train
+
+
+# -- fine-tuning ------------------------------------------------------------------------------
+
+def loss_for(recipe: Recipe, ctx: TrialContext):
+    if not recipe.distill:
+        return None
+    from autocompress.distill import DistillConfig, distillation_loss
+    return distillation_loss(ctx.teacher, DistillConfig())
+
+
+def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, hooks=(),
+          desc: str = "fine-tune") -> nn.Module:
+    """Fine-tune with the user's loop when given, else ours (distilled from the original)."""
+    if epochs <= 0:
+        return model
+    if ctx.finetune is not None:
+        model = ctx.finetune(model)
+        for h in hooks:  # the user's loop knows nothing of masks / codebooks: re-impose them
+            h(model)
+        return model
+    cfg = TrainConfig(epochs=epochs, lr=recipe.lr, batch_size=128, seed=ctx.seed, progress=False)
+    return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc)
+
+
+# -- the steps --------------------------------------------------------------------------------
+
+def _structured(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
+    """Remove ``structured_ratio`` of the MACs; the per-layer profile comes from the structured
+    sensitivity (sensitive layers lose fewer channels) unless the recipe pins ``layer_ratios``."""
+    from autocompress.prune import StructuredPruneConfig, prune_channels_
+    profile = dict(recipe.layer_ratios) or _allocate(ctx.sensitivity.get("structured"), recipe.structured_ratio)
+    cfg = StructuredPruneConfig(target="macs", amount=recipe.structured_ratio, per_layer=profile)
+    model = prune_channels_(model, cfg, ctx.example)
+    return train(model, recipe, ctx, _share(recipe, 0.5), desc="recover channels")
+
+
+def _factorize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
+    from autocompress.factorize import FactorizeConfig, factorize_
+    model = factorize_(model, FactorizeConfig(energy=recipe.rank_energy))
+    return train(model, recipe, ctx, _share(recipe, 0.3), desc="recover low-rank")
+
+
+def _sparsify(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
+    """Reach ``sparsity`` gradually (polynomial schedule, fine-tuning between rounds); per-layer
+    sparsities follow the sensitivity curves, else one global magnitude threshold."""
+    from autocompress.prune import PruneConfig, prune_
+    epochs = _share(recipe, 0.6)
+    steps = 1 if epochs <= 0 else 4
+    per_layer = _allocate(ctx.sensitivity.get("prune"), recipe.sparsity)
+    cfg = PruneConfig(sparsity=recipe.sparsity, scope="layer" if per_layer else "global", per_layer=per_layer,
+                      schedule="polynomial" if steps > 1 else "oneshot", steps=steps)
+    tune = (lambda m: train(m, recipe, ctx, epochs / steps, desc="prune round")) if epochs > 0 else None
+    return prune_(model, cfg, ctx.train_set, finetune=tune)
+
+
+def _cluster(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
+    from autocompress.encode import ClusterConfig, cluster_, cluster_hooks, strip_clusters_
+    model = cluster_(model, ClusterConfig(bits=recipe.cluster_bits))
+    model = train(model, recipe, ctx, _share(recipe, 0.3), hooks=cluster_hooks(model), desc="tune centroids")
+    return strip_clusters_(model)
+
+
+def _quantize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
+    calib = ctx.data.calibration_batch(256 if ctx.quick else 512, seed=ctx.seed)
+    if recipe.quant == "int8":
+        from autocompress.quantize import PTQConfig, quantize_
+        return quantize_(model, PTQConfig(weight_bits=8, act_bits=8), calib)
+    from autocompress.quantize import QATConfig, qat_
+    cfg = QATConfig(weight_bits=recipe.weight_bits, act_bits=recipe.act_bits)
+    return qat_(model, cfg, ctx.train_set, calibration_data=calib,
+                finetune=lambda m: train(m, recipe, ctx, _share(recipe, 0.5), desc="QAT"))
+
+
+# recipe field that switches the step on -> step, in the order they run
+STEPS: list[tuple[Callable[[Recipe], bool], Callable]] = [
+    (lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), _structured),
+    (lambda r: r.rank_energy is not None, _factorize),
+    (lambda r: r.sparsity > 0, _sparsify),
+    (lambda r: r.cluster_bits is not None, _cluster),
+    (lambda r: r.quant != "none", _quantize),
+]
+
+
+def _share(recipe: Recipe, weight: float) -> float:
+    """Split the recipe's fine-tuning budget between the active lossy steps."""
+    active = sum(1 for on, _ in STEPS if on(recipe))
+    return recipe.finetune_epochs * (1.0 if active <= 1 else max(weight, 1.0 / active))
+
+
+def _allocate(sens: dict | None, target: float) -> dict[str, float]:
+    if not sens or target <= 0:
+        return {}
+    from autocompress.prune import SensitivityResult, allocate_ratios
+    try:
+        return allocate_ratios(SensitivityResult.from_dict(sens), target)
+    except ValueError as e:  # target beyond the analysed ratios: uniform is the honest fallback
+        log.info("per-layer allocation not possible (%s); using a uniform ratio", e)
+        return {}
+
+
+def apply_recipe_steps(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
+    torch.manual_seed(ctx.seed)
+    for on, step in STEPS:
+        if on(recipe):
+            model = step(model, recipe, ctx)
+    return model.eval()
+
+
+# -- deployment ----------------------------------------------------------------------------------
+
+def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path) -> dict:
+    """Export the deployable ONNX file (parity-checked) and the compressed storage artifact."""
+    from autocompress.encode import save_compressed
+    from autocompress.export import check_parity, export_onnx, onnx_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    inputs = ctx.data.calibration_batch(256, seed=ctx.seed + 1)
+    if recipe.quant != "none":
+        from autocompress.export.qdq import export_quantized
+        export_quantized(model, ctx.example, onnx_path)
+        # quantized: rounding at a boundary may flip a rare argmax; accuracy parity is what matters
+        check_parity(model, onnx_path, inputs, atol=0.5, min_agreement=0.98)
+    else:
+        export_onnx(model, ctx.example, onnx_path)
+        check_parity(model, onnx_path, inputs, atol=1e-3)
+    storage = out_dir / "model.acz"
+    save_compressed(_storable(model), storage, metadata={"recipe": recipe.to_dict()})
+    return {"onnx": onnx_path, "onnx_bytes": onnx_bytes(onnx_path), "storage": storage,
+            "storage_bytes": storage.stat().st_size}
+
+
+def _storable(model: nn.Module) -> nn.Module:
+    """What the storage artifact holds. A quantized model is stored as its plain layers carrying
+    the quantized weights and biases (the values ONNX Runtime computes with); the activation
+    quantization lives in the deployed ONNX graph, so the artifact's model is weight-quantized."""
+    from autocompress.quantize import QuantWrapper, float_view
+    if not any(isinstance(m, QuantWrapper) for m in model.modules()):
+        return model
+    view = copy.deepcopy(float_view(model))
+    for name, w in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantWrapper)]:
+        inner = view.get_submodule(name)
+        with torch.no_grad():
+            inner.weight.copy_(w.quantized_weight())
+            if inner.bias is not None:
+                inner.bias.copy_(w.quantized_bias())
+    return view.eval()
+
+
+def rebuild_best(shared, recipe: Recipe, trial_number: int) -> nn.Module:
+    """The best model: from its storage artifact, or by replaying its recipe (deterministic)."""
+    from autocompress.encode import load_compressed
+    try:
+        return load_compressed(shared.out_dir / "best" / "model.acz")
+    except Exception as e:  # noqa: BLE001 - fall back to replaying the recipe
+        log.info("rebuilding the best model by replaying its recipe (%s)", e)
+        return apply_recipe_steps(copy.deepcopy(shared.model), recipe, shared.ctx)
+
+
+def measure_sensitivity(model: nn.Module, ctx: TrialContext, techniques) -> dict:
+    """Per-layer validation accuracy under each technique, one layer at a time (on a subset)."""
+    from autocompress.prune import sensitivity
+    from autocompress.train import evaluate
+
+    loader = ctx.data.loader("val", 1000, limit=1000 if ctx.quick else 3000)
+    def ev(m):
+        return evaluate(m, loader)
+    out: dict[str, dict] = {}
+    plans = {"prune": dict(ratios=(0.5, 0.8, 0.9, 0.95, 0.98), kind="unstructured"),
+             "structured": dict(ratios=(0.25, 0.5, 0.75, 0.9), kind="structured", example_input=ctx.example)}
+    for tech, kw in plans.items():
+        if tech not in techniques:
+            continue
+        try:
+            out[tech] = sensitivity(model, ev, **kw).to_dict()
+        except Exception as e:  # noqa: BLE001 - sensitivity guides the search; without it we search blind
+            log.warning("%s sensitivity unavailable for %s: %s", tech, type(model).__name__, e)
+    return out
+
+
+def sensitivity_curves(sens: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """``{technique: {layer: {ratio: accuracy}}}`` from the cached sensitivity results."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for tech, res in sens.items():
+        if isinstance(res, dict) and "scores" in res:
+            # unstructured results are keyed by parameter ("fc1.weight"); reports speak of layers
+            out[tech] = {layer.removesuffix(".weight"): {str(r): float(a) for r, a in zip(res["ratios"], accs)}
+                         for layer, accs in res["scores"].items()}
+    return out

@@ -1,0 +1,67 @@
+"""Sensitivity analysis, its JSON round trip and plot, and per-layer ratio allocation."""
+
+import pytest
+import torch
+
+from autocompress.prune import (PruneConfig, SensitivityResult, StructuredPruneConfig, allocate_ratios,
+                                global_sparsity, prune_, removal_fn, sensitivity)
+from autocompress.train import evaluate
+from zoo import build, make_loader
+
+
+def test_unstructured_sensitivity_leaves_model_unchanged_and_round_trips(tmp_path):
+    model, x = build("mlp")
+    ref = model(x)
+    loader = make_loader("mlp")
+    sens = sensitivity(model, loader, ratios=(0.5, 0.9), kind="unstructured")
+    assert torch.equal(model(x), ref)
+    assert set(sens.scores) == {"net.0.weight", "net.2.weight", "head.weight"}
+    assert all(len(v) == 2 for v in sens.scores.values())
+    assert sens.baseline == pytest.approx(evaluate(model, loader))
+    assert SensitivityResult.from_json(sens.to_json()) == sens
+    sens.to_json(tmp_path / "s.json")
+    assert SensitivityResult.from_json(tmp_path / "s.json") == sens
+    png = sens.plot(tmp_path / "plot" / "s.png")
+    assert png.exists() and png.stat().st_size > 1000
+
+
+def test_structured_sensitivity_with_evaluate_fn():
+    model, x = build("plain_cnn")
+    loader = make_loader("plain_cnn")
+    sens = sensitivity(model, lambda m: evaluate(m, loader), ratios=(0.5,), kind="structured", example_input=x)
+    assert set(sens.scores) == {"features.0", "features.3", "fc1"}       # classifier excluded
+    with pytest.raises(ValueError, match="example_input"):
+        sensitivity(model, loader, kind="structured")
+    with pytest.raises(ValueError, match="ratios"):
+        sensitivity(model, loader, ratios=(1.5,))
+
+
+def _synthetic():
+    # "fragile" loses accuracy early, "robust" barely at all; equal sizes
+    return SensitivityResult("unstructured", [0.5, 0.8, 0.95], 0.9,
+                             {"fragile": [0.85, 0.6, 0.3], "robust": [0.9, 0.89, 0.85]},
+                             {"fragile": 100, "robust": 100})
+
+
+def test_allocate_ratios_prunes_sensitive_layers_less_and_meets_target():
+    r = allocate_ratios(_synthetic(), 0.7)
+    assert r["fragile"] < r["robust"]
+    assert (r["fragile"] + r["robust"]) / 2 == pytest.approx(0.7, abs=1e-4)
+    assert max(r.values()) <= 0.95
+    with pytest.raises(ValueError, match="larger ratios"):
+        allocate_ratios(_synthetic(), 0.97)
+    with pytest.raises(ValueError, match="target"):
+        allocate_ratios(_synthetic(), 1.5)
+
+
+def test_allocated_ratios_feed_prune_and_structured_cost():
+    model, x = build("mlp")
+    sens = sensitivity(model, make_loader("mlp"), ratios=(0.5, 0.8, 0.95))
+    prune_(model, PruneConfig(per_layer=allocate_ratios(sens, 0.8)))
+    assert global_sparsity(model) == pytest.approx(0.8, abs=0.01)
+
+    cnn, x = build("plain_cnn")
+    ssens = sensitivity(cnn, make_loader("plain_cnn"), ratios=(0.5, 0.75), kind="structured", example_input=x)
+    cost = removal_fn(cnn, x, "macs")
+    ratios = allocate_ratios(ssens, 0.5, cost=cost, iters=12)
+    assert cost(ratios) >= 0.5 - 0.05

@@ -1,0 +1,133 @@
+"""Pruning works on models we have not seen: the whole zoo, pruned (unstructured and structured),
+exported to ONNX and checked against ONNX Runtime."""
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.export import check_parity, export_onnx
+from autocompress.measure.core import count_params
+from autocompress.prune import (PruneConfig, StructuredPruneConfig, StructuredPruneError, channel_counts,
+                                global_sparsity, model_cost, prune_, prune_channels_)
+from zoo import CNN_NAMES, ZOO_NAMES, batch_of, build, make_loader
+
+
+def _export_and_check(model, x, name, tmp_path):
+    path = export_onnx(model, x, tmp_path / f"{name}.onnx")
+    check_parity(model, path, batch_of(name, 16, seed=5), atol=1e-4)
+    return path
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_zoo_exports_as_built(name, tmp_path):
+    model, x = build(name)
+    _export_and_check(model, x, name, tmp_path)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_unstructured_zoo_prune_export_parity(name, tmp_path):
+    model, x = build(name)
+    prune_(model, PruneConfig(sparsity=0.8))
+    assert global_sparsity(model) == pytest.approx(0.8, abs=0.01)
+    _export_and_check(model, x, name, tmp_path)
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO_NAMES if n != "gru"])
+def test_structured_zoo_shrinks_and_exports(name, tmp_path):
+    model, x = build(name)
+    p0, m0 = model_cost(model, x, "params"), model_cost(model, x, "macs")
+    ref_shape = model(x).shape
+    prune_channels_(model, StructuredPruneConfig(ratio=0.5), x)
+    assert model(x).shape == ref_shape
+    assert model_cost(model, x, "params") < 0.8 * p0
+    assert model_cost(model, x, "macs") < 0.8 * m0
+    assert channel_counts(model)["head"] == 10                      # classifier kept
+    _export_and_check(model, x, name, tmp_path)
+
+
+def test_structured_gru_is_skipped_with_a_message(caplog, tmp_path):
+    model, x = build("gru")
+    before = copy.deepcopy(model)
+    with caplog.at_level(logging.INFO, logger="autocompress.prune.structured"):
+        prune_channels_(model, StructuredPruneConfig(ratio=0.5), x)
+    assert "rnn" in caplog.text and "GRU" in caplog.text
+    assert torch.equal(model(x), before(x))
+    _export_and_check(model, x, "gru", tmp_path)
+
+
+class _LinearIntoGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(12, 16)
+        self.rnn = nn.GRU(16, 16, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out, _ = self.rnn(torch.relu(self.pre(x)))
+        return self.head(out[:, -1])
+
+
+def test_structured_unsupported_neighbour_gives_clear_error_and_untouched_model():
+    model, x = _LinearIntoGRU().eval(), torch.randn(2, 8, 12)
+    ref = model(x)
+    with pytest.raises(StructuredPruneError, match="rnn"):
+        prune_channels_(model, StructuredPruneConfig(ratio=0.5), x)
+    assert torch.equal(model(x), ref) and model.pre.out_features == 16
+    # excluding the layer that feeds it is the documented way out
+    prune_channels_(model, StructuredPruneConfig(ratio=0.5, exclude=["pre"]), x)
+    assert model(x).shape == ref.shape
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_structured_global_target(metric):
+    model, x = build("residual_cnn")
+    before = model_cost(model, x, metric)
+    prune_channels_(model, StructuredPruneConfig(target=metric, amount=0.6), x)
+    removed = 1 - model_cost(model, x, metric) / before
+    assert 0.6 <= removed < 0.75
+
+
+def test_structured_round_to_exclude_and_per_layer():
+    model, x = build("plain_cnn")
+    cfg = StructuredPruneConfig(ratio=0.4, round_to=4, exclude=["features.0"], per_layer={"fc1": 0.75})
+    prune_channels_(model, cfg, x)
+    ch = channel_counts(model)
+    assert ch["features.0"] == 8 and ch["features.3"] % 4 == 0 and ch["features.3"] < 16
+    assert ch["fc1"] == 8
+
+
+def test_structured_depthwise_groups_stay_consistent():
+    model, x = build("depthwise_cnn")
+    prune_channels_(model, StructuredPruneConfig(ratio=0.5), x)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.groups == m.in_channels == m.out_channels
+
+
+def test_structured_taylor_and_iterative_finetune():
+    model, x = build("plain_cnn")
+    calls = []
+    cfg = StructuredPruneConfig(ratio=0.5, importance="taylor", steps=2)
+    prune_channels_(model, cfg, x, make_loader("plain_cnn"), finetune=lambda m: calls.append(1) or m)
+    assert len(calls) == 2 and channel_counts(model)["fc1"] == 16
+
+
+def test_structured_bad_input():
+    model, x = build("plain_cnn")
+    with pytest.raises(ValueError, match="example_input"):
+        prune_channels_(model, StructuredPruneConfig(), None)
+    with pytest.raises(ValueError, match="nosuch"):
+        prune_channels_(model, StructuredPruneConfig(exclude=["nosuch"]), x)
+    with pytest.raises(Exception, match="ratio"):
+        StructuredPruneConfig(ratio=1.2)
+    with pytest.raises(ValueError, match="taylor"):
+        prune_channels_(model, StructuredPruneConfig(importance="taylor"), x)
+    with pytest.raises(StructuredPruneError, match="head"):   # the classifier alone cannot give 99%
+        prune_channels_(build("mlp")[0], StructuredPruneConfig(target="params", amount=0.99),
+                        build("mlp")[1])
+    cfg = StructuredPruneConfig(target="macs", amount=0.7, per_layer={"fc1": 0.2}, round_to=2)
+    assert StructuredPruneConfig.from_json(cfg.to_json()) == cfg
+    assert count_params(model) == 9802                             # failed calls left it untouched
