@@ -15,10 +15,12 @@ from autocompress.train import TrainConfig, evaluate, fit
 
 log = logging.getLogger(__name__)
 
-# Measured on 2 cores: LeNet-5 reaches >= 99.2 % and LeNet-300-100 >= 98.4 % test accuracy.
+# Measured here: LeNet-5 99.29 % test accuracy (Adam, 10 epochs); LeNet-300-100 98.50 % (SGD with
+# momentum and weight decay, 30 epochs; Adam for 20 epochs overfits to 98.27-98.37 %).
 RECIPES = {
     "lenet5": TrainConfig(epochs=10, lr=1e-3, optimizer="adam", batch_size=64, seed=0),
-    "lenet300": TrainConfig(epochs=20, lr=1e-3, optimizer="adam", batch_size=64, seed=0),
+    "lenet300": TrainConfig(epochs=30, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+                            batch_size=64, seed=0),
 }
 
 
