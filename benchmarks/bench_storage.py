@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from autocompress.data import Splits, load_mnist
-from autocompress.distill import DistillConfig, distillation_loss
+from autocompress.distill import CachedTeacher, DistillConfig, distillation_loss
 from autocompress.encode import (ClusterConfig, artifact_info, cluster_, load_compressed, save_compressed,
                                  sync_clusters)
 from autocompress.export import check_parity, export_onnx, measure_latency, ort_accuracy
@@ -40,27 +40,37 @@ from autocompress.train import TrainConfig, evaluate, fit
 
 PAPER = {"lenet300": {"kb": (1070, 27), "x": 40, "err": (1.64, 1.58)},
          "lenet5": {"kb": (1720, 44), "x": 39, "err": (0.80, 0.74)}}
-# per-layer sparsity (fraction zeroed): a little beyond the paper's 92 / 91 / 74 % and
-# 34 / 88 / 92 / 81 %, where the big fully-connected layers carry almost all the bytes
-SPARSITY = {"lenet300": {"fc1": 0.96, "fc2": 0.93, "fc3": 0.70},
-            "lenet5": {"conv1": 0.40, "conv2": 0.85, "fc1": 0.97, "fc2": 0.85}}
-BIT_CHOICES = [(5, 4), (6, 5)]          # (conv bits, fc bits), smallest first; val decides
+
+
+@dataclass
+class Recipe:
+    """Per model: fraction of weights zeroed per layer (a little beyond the paper's 92/91/74 % and
+    34/88/92/81 %: the big fully-connected layers carry almost all the bytes) and epochs."""
+
+    sparsity: dict[str, float]
+    prune_steps: int             # rounds of the polynomial schedule, each followed by fine-tuning
+    prune_epochs: float          # per round
+    final_epochs: float          # after the last round, masks enforced
+    cluster_epochs: float        # shared-centroid fine-tuning
+
+
+RECIPES = {"lenet300": Recipe({"fc1": 0.95, "fc2": 0.91, "fc3": 0.74}, 5, 2.0, 8.0, 2.0),
+           "lenet5": Recipe({"conv1": 0.30, "conv2": 0.85, "fc1": 0.96, "fc2": 0.85}, 3, 1.0, 2.0, 1.0)}
+BIT_CHOICES = [(4, 3), (5, 4), (6, 5)]   # (conv bits, fc bits), smallest first; val decides
 
 
 @dataclass
 class Budget:
     train_limit: int | None      # training samples (None = all 50k)
     eval_limit: int | None       # val / test samples
-    prune_steps: int
-    prune_epochs: float          # per pruning round
-    cluster_epochs: float
+    epoch_scale: float           # multiplies every recipe's epochs
     distill_epochs: float
     lowrank_epochs: float
     latency_runs: int
 
 
-FULL = Budget(None, None, 3, 1.0, 1.0, 4.0, 1.0, 200)
-QUICK = Budget(2000, 1000, 2, 0.3, 0.3, 0.5, 0.3, 10)
+FULL = Budget(None, None, 1.0, 4.0, 1.0, 200)
+QUICK = Budget(2000, 1000, 0.15, 0.5, 0.3, 10)
 
 
 def _sub(data: Splits, limit: int | None) -> Splits:
@@ -73,8 +83,8 @@ def _acc(model: nn.Module, data: Splits, split: str, b: Budget) -> float:
     return evaluate(model, data.loader(split, 1000, limit=b.eval_limit))
 
 
-def _tc(epochs: float, lr: float, seed: int = 0) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=lr, progress=False, seed=seed)
+def _tc(epochs: float, lr: float, seed: int = 0, batch: int = 128) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, progress=False, seed=seed, batch_size=batch)
 
 
 def _bit_exact(a: nn.Module, b: nn.Module, data: Splits, bud: Budget) -> bool:
@@ -93,46 +103,25 @@ def _fp16_biases_(model: nn.Module) -> None:
                 p.copy_(p.half().float())
 
 
-class CachedTeacher(nn.Module):
-    """The teacher's logits for every training image, computed once (LeNet-5's forward pass would
-    otherwise cost more than the student's training step). Looks samples up by a random projection
-    of their pixels; an input it has not seen goes through the real teacher."""
-
-    def __init__(self, teacher: nn.Module, inputs: torch.Tensor, batch: int = 1000) -> None:
-        super().__init__()
-        self.teacher = teacher.eval()
-        self.proj = torch.randn(inputs[0].numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        with torch.no_grad():
-            logits = torch.cat([teacher(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
-        keys = self._keys(inputs)
-        self.keys, order = torch.sort(keys)
-        self.logits = logits[order]
-
-    def _keys(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(len(x), -1).double() @ self.proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self._keys(x)
-        i = torch.searchsorted(self.keys, k).clamp(max=len(self.keys) - 1)
-        hit = self.keys[i] == k
-        if bool(hit.all()):
-            return self.logits[i]
-        with torch.no_grad():
-            return torch.where(hit[:, None], self.logits[i], self.teacher(x))
-
-
 # -- 1. pruning + clustering + entropy-coded storage ------------------------------------------
 
 def storage(name: str, data: Splits, teacher: nn.Module, bud: Budget, out: Path) -> dict:
+    """``teacher``: LeNet-5 (cached logits) for both models: LeNet-300-100 learns from a stronger net,
+    LeNet-5 from its own dense self."""
     t0 = time.time()
+    rec, k = RECIPES[name], bud.epoch_scale
     base = load_baseline(name, train_if_missing=False)
     train = _sub(data, bud.train_limit)
     row = {"model": name, "fp32_bytes": fp32_bytes(base), "params": count_params(base),
-           "base_test": _acc(base, data, "test", bud)}
+           "base_test": _acc(base, data, "test", bud), "base_val": _acc(base, data, "val", bud)}
     model = copy.deepcopy(base)
-    kd = distillation_loss(teacher, DistillConfig(temperature=4.0, alpha=0.7))
-    prune_(model, PruneConfig(per_layer=SPARSITY[name], schedule="polynomial", steps=bud.prune_steps,
-                              finetune=_tc(bud.prune_epochs, 5e-4)), train, loss_fn=kd)
+    kd = distillation_loss(teacher, DistillConfig(temperature=4.0, alpha=0.9))
+    prune_(model, PruneConfig(per_layer=rec.sparsity, schedule="polynomial", steps=rec.prune_steps,
+                              permanent=False, finetune=_tc(k * rec.prune_epochs, 1e-3, batch=64)),
+           train, loss_fn=kd)
+    fit(model, train.loader("train", 64, shuffle=True, seed=5), _tc(k * rec.final_epochs, 3e-4, seed=5),
+        loss_fn=kd, hooks=[apply_masks], desc="prune-finetune")
+    make_permanent(model)
     row["nonzero"] = count_nonzero(model)
     row["pruned_val"] = _acc(model, data, "val", bud)
     row["pruned_test"] = _acc(model, data, "test", bud)
@@ -148,12 +137,13 @@ def storage(name: str, data: Splits, teacher: nn.Module, bud: Budget, out: Path)
         if row["pruned_val"] - val <= 0.001:
             break
     conv_bits, fc_bits, model = chosen
-    row["bits"] = f"conv {conv_bits} / fc {fc_bits}"
-    fit(model, train.loader("train", 128, shuffle=True, seed=1), _tc(bud.cluster_epochs, 1e-4, seed=1),
+    row["bits"] = f"conv {conv_bits} / fc {fc_bits}" if name == "lenet5" else f"fc {fc_bits}"
+    fit(model, train.loader("train", 64, shuffle=True, seed=7), _tc(k * rec.cluster_epochs, 1e-4, seed=7),
         loss_fn=kd, hooks=[sync_clusters], desc="cluster-finetune")
     kd.close()
     _fp16_biases_(model)
     model.eval()
+    row["val"] = _acc(model, data, "val", bud)
     path = out / f"{name}.acz"
     row["bytes"] = save_compressed(model, path, metadata={"model": name, "bits": row["bits"]})
     loaded = load_compressed(path)
@@ -285,12 +275,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)   # "torchvision is not installed" noise
     bud = QUICK if args.quick else FULL
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-storage-"))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data = load_mnist(flat=False)        # LeNet-300-100 flattens images itself
-    teacher = load_baseline("lenet5", train_if_missing=False)
+    train_x = _sub(data, bud.train_limit).train
+    train_x = torch.stack([train_x[i][0] for i in range(len(train_x))]) if bud.train_limit else data.train.tensors[0]
+    teacher = CachedTeacher(load_baseline("lenet5", train_if_missing=False), train_x)
     st = [storage("lenet300", data, teacher, bud, out), storage("lenet5", data, teacher, bud, out)]
     di = distillation(data, teacher, bud)
     lr = lowrank(data, bud, out)

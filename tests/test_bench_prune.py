@@ -1,6 +1,7 @@
 """The pruning benchmark runs end to end in quick mode (numbers are not asserted: tiny budgets)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_prune.py"
 def test_bench_prune_quick(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_prune", BENCH)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_prune"] = mod            # dataclasses resolve their module by name
     spec.loader.exec_module(mod)
     result = mod.main(["--quick", "--model", "all", "--out", str(tmp_path)])
     out = capsys.readouterr().out

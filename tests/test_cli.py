@@ -182,11 +182,15 @@ def test_apply_uses_retrained_weights(project, monkeypatch):
 
 def test_inspect_writes_tables(project, monkeypatch, capsys):
     proj, cfg, work = project
-    sens = {"prune": {"1": {"0.5": 0.9, "0.9": 0.5}, "3": {"0.5": 0.92, "0.9": 0.8}}}
+    # both shapes the library produces: {layer: {setting: acc}} and the sensitivity objects' to_dict()
+    sens = {"prune": {"1": {"0.5": 0.9, "0.9": 0.5}, "3": {"0.5": 0.92, "0.9": 0.8}},
+            "structured": {"kind": "structured", "ratios": [0.25, 0.5], "baseline": 0.95,
+                           "scores": {"1": [0.94, 0.7]}, "sizes": {"1": 136}}}
     monkeypatch.setattr(search, "inspect", lambda model, data, out: sens, raising=False)
     assert main(["-q", "inspect", str(cfg), "--out", "insp"]) == OK
     md = (work / "insp" / "inspect.md").read_text()
     assert "### prune" in md and "| 1 | 90.00 % | 50.00 % |" in md
+    assert "### structured" in md and "| 1 | 94.00 % | 70.00 % |" in md
     assert (work / "insp" / "sensitivity.png").exists()
     assert json.loads((work / "insp" / "inspect.json").read_text()) == sens
     assert "### prune" in capsys.readouterr().out

@@ -89,3 +89,13 @@ def test_distill_makes_student_follow_teacher():
             TrainConfig(epochs=15, lr=1e-2, progress=False))
     assert agree() > max(0.6, before + 0.3)
     assert not math.isnan(agree())
+
+
+def test_cached_teacher_returns_the_teachers_outputs():
+    from autocompress.distill import CachedTeacher
+    teacher, _ = build("mlp", seed=2)
+    seen, unseen = batch_of("mlp", 50, seed=1), batch_of("mlp", 7, seed=9)
+    cached = CachedTeacher(teacher, seen, batch=16)
+    with torch.no_grad():
+        for x in (seen[10:30], unseen, torch.cat([seen[:3], unseen[:2]])):
+            assert torch.allclose(cached(x), teacher(x), atol=1e-6)

@@ -22,12 +22,6 @@ def _export_and_check(model, x, name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
-def test_zoo_exports_as_built(name, tmp_path):
-    model, x = build(name)
-    _export_and_check(model, x, name, tmp_path)
-
-
-@pytest.mark.parametrize("name", ZOO_NAMES)
 def test_unstructured_zoo_prune_export_parity(name, tmp_path):
     model, x = build(name)
     prune_(model, PruneConfig(sparsity=0.8))
@@ -131,3 +125,29 @@ def test_structured_bad_input():
     cfg = StructuredPruneConfig(target="macs", amount=0.7, per_layer={"fc1": 0.2}, round_to=2)
     assert StructuredPruneConfig.from_json(cfg.to_json()) == cfg
     assert count_params(model) == 9802                             # failed calls left it untouched
+
+
+def test_attention_heads_physically_removed(tmp_path):
+    from autocompress.prune.heads import PrunedMultiheadAttention
+
+    model, x = build("transformer")
+    m0 = model_cost(model, x, "macs")
+    prune_channels_(model, StructuredPruneConfig(ratio=0.0, head_ratio=0.5), x)
+    attn = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert attn and all(isinstance(a, PrunedMultiheadAttention) and a.num_heads == 2 for a in attn)
+    assert all(a.in_proj_weight.shape == (3 * 2 * a.head_dim, 16) for a in attn)
+    assert model_cost(model, x, "macs") < m0
+    _export_and_check(model, x, "transformer", tmp_path)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_pruned_attention_with_all_heads_matches_torch(batch_first):
+    from autocompress.prune.heads import PrunedMultiheadAttention
+
+    mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    same = PrunedMultiheadAttention(mha, [0, 1, 2, 3]).eval()
+    x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    for kw in ({}, {"key_padding_mask": pad}, {"attn_mask": torch.randn(5, 5) > 0.5, "key_padding_mask": pad}):
+        (a, wa), (b, wb) = mha(x, x, x, **kw), same(x, x, x, **kw)
+        assert torch.allclose(a, b, atol=1e-6) and torch.allclose(wa, wb, atol=1e-6)

@@ -169,4 +169,24 @@ def test_transformer_attention_stays_float_and_is_named():
     rep = quant_report(q)
     assert {"encoder.layers.0", "encoder.layers.1"} <= set(rep.float_layers)
     assert rep.layers["embed"].mode == "static" and rep.layers["head"].mode == "static"
-    assert not math.isnan(float(q(batch_of("transformer", 2)).sum()))
+    with torch.no_grad():
+        assert not math.isnan(float(q(batch_of("transformer", 2)).sum()))
+
+
+def test_importing_quantize_does_not_load_onnx():
+    import subprocess
+    import sys
+    code = "import sys, autocompress.quantize; print('onnx' in sys.modules or 'onnxruntime' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_requantizing_starts_from_float_and_honours_the_new_config():
+    model, _ = build("mlp")
+    x = batch_of("mlp", 32)
+    quantize_(model, PTQConfig(weight_bits=4), x)
+    quantize_(model, PTQConfig(skip_layers=["head"]), x)
+    rep = quant_report(model)
+    assert "head" in rep.float_layers and rep.layers["net.0"].weight_bits == 8
+    quantize_(model, Int4WeightOnlyConfig(group_size=16))
+    assert {v.mode for v in quant_report(model).layers.values()} == {"weight_only"}

@@ -78,6 +78,20 @@ def test_sub_8bit_activations_clip_like_the_simulation(tmp_path):
     assert "int8 holding 7 levels (3-bit)" in quant_report(q).layers["fc1"].storage
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_packed_sub8bit_linear_weights(bits, tmp_path):
+    model, _ = build("plain_cnn")
+    q = quantize_(model, PTQConfig(weight_bits=bits, weight_storage="packed"), batch_of("plain_cnn", 64))
+    path = export_quantized(q, batch_of("plain_cnn", 4), tmp_path / "q.onnx")
+    ops = _ops(path)
+    assert ops.count("MatMulNBits") == 2 and ops.count("Conv") == 2     # convolutions stay int8 QDQ
+    assert _ort_vs_torch(q, path, batch_of("plain_cnn", 32, seed=4)) < 1e-4
+    rep = quant_report(q)
+    assert rep.layers["fc1"].storage.startswith(f"int{bits} packed")
+    assert rep.layers["features.0"].storage.startswith("int8 holding")
+    assert quantization_metadata(path)["layers"]["fc1"]["storage"] == rep.layers["fc1"].storage
+
+
 def test_skip_layer_has_no_qdq(tmp_path):
     model, _ = build("mlp")
     q = quantize_(model, PTQConfig(skip_layers=["head"]), batch_of("mlp", 32))
@@ -172,9 +186,32 @@ def test_mixed_precision_meets_budget_and_explains(tmp_path):
 def test_latency_guard_never_ships_slower():
     model, _ = build("mlp")
     q = quantize_(model, PTQConfig(), batch_of("mlp", 32))
-    rep = latency_guard_(q, batch_of("mlp", 2), batch_sizes=(1,), runs=30)
+    rep = latency_guard_(q, batch_of("mlp", 2), batch_sizes=(1,), runs=20)
     assert set(rep.fp32_ms) == {1} and rep.quantized_ms[1] > 0
     if rep.whole_model_fp32:
         assert all(v.mode == "fp32" for v in quant_report(q).layers.values())
     else:
         assert rep.chosen_ms[1] <= rep.fp32_ms[1] * 1.02 or rep.fallbacks
+
+
+def test_mixed_precision_backs_off_and_skips_a_worse_level():
+    """A scripted 'accuracy': raising net.2 to w8a8 hurts (backed off / skipped), fp32 helps."""
+    from autocompress.quantize.ptq import wrappers_of
+
+    penalty = {"net.0": {2: 0.10, 8: 0.0}, "net.2": {2: 0.05, 8: 0.08}, "head": {2: 0.001, 8: 0.0}}
+
+    def scripted(m):
+        drop = 0.0
+        for n, w in wrappers_of(m).items():
+            if w.mode == "static":
+                drop += penalty[n][w.w_q.bits]
+        return 1.0 - drop
+
+    model, _ = build("mlp")
+    cfg = MixedPrecisionConfig(levels=[Precision(2, 8), Precision(8, 8), Precision(None, None)], max_drop=0.02)
+    res = mixed_precision_(model, cfg, batch_of("mlp", 32), scripted)
+    assert res.sensitivity == pytest.approx({"net.0": 0.10, "net.2": 0.05, "head": 0.001})
+    assert res.precision["net.0"] == "w8a8"
+    assert res.precision["net.2"] == "fp32" and "w8a8 measured worse, skipped" in res.reason["net.2"]
+    assert res.budget_met and res.accuracy == pytest.approx(scripted(model))
+    assert any(not h["kept"] for h in res.history)

@@ -88,3 +88,11 @@ def test_plots_reflect_data():
         t.pop("latency_ms")
     rep.pop("layers")
     assert set(all_plots(rep)) == {"pareto"}
+
+
+def test_equal_figures_say_same():
+    rep = sample_report()
+    rep["final"]["onnx_bytes"] = rep["baseline"]["onnx_bytes"]
+    rep["final"]["latency_ms"] = dict(rep["baseline"]["latency_ms"])
+    body = before_after_table(rep)
+    assert body.count("same (within 1 %)") == 3

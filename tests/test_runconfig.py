@@ -187,3 +187,14 @@ def test_npz_data_relative_to_config(project):
     d = load_data(cfg)
     assert len(d.test) == 10 and d.input_shape == (4,)
     assert isinstance(data_from_spec("d.npz", proj), Splits)
+
+
+def test_bundled_model_names():
+    from autocompress.models import baseline_path
+    from autocompress.runconfig import model_factory
+
+    cfg = RunConfig(model="lenet300", data="mnist-flat")
+    assert sum(p.numel() for p in model_factory(cfg)().parameters()) == 266610
+    if baseline_path("lenet300").exists():   # no weights named: the bundled trained baseline
+        m = load_model(cfg)
+        assert not m.training and float(m.fc1.weight.detach().abs().sum()) > 0

@@ -102,8 +102,8 @@ def test_interrupt_then_resume(tiny, tmp_path):
     res = compress(model, data, budget, techniques=SMALL, out_dir=tmp_path, quick=True, resume=True)
     states = [t.state for t in res.trials]
     # the interrupted trial is recorded as failed and does not count against max_trials
-    assert states.count("fail") == 1 and len(states) == 4, states
-    assert states[:3] == ["complete", "fail", "complete"], states
+    assert states.count("failed") == 1 and len(states) == 4, states
+    assert states[:3] == ["complete", "failed", "complete"], states
     assert res.trials[2].recipe["cluster_bits"] == 5        # the queued seed ran after resuming
 
 

@@ -287,21 +287,22 @@ def check(*, config: Any = None, weights: str | None = None, onnx: str | Path | 
         data = runconfig.load_data(config)
     if data is None:
         raise CheckInputError("check needs the test data: pass --config CONFIG.yaml or --data SPEC")
-    tmp = workdir()
-    reference = Path(reference_onnx) if reference_onnx else None
-    fp32 = storage = None
-    if config is not None:
-        model = runconfig.load_model(config, weights=weights)
-        fp32 = fp32_bytes(model)
-        if reference is None:
-            reference = onnx_from_model(model, data, tmp / "reference.onnx")
-    if artifact is not None:
-        factory = runconfig.model_factory(config) if config is not None else None
-        candidate, storage = onnx_from_artifact(artifact, data, tmp, factory)
-    else:
-        candidate = Path(onnx) if onnx is not None else reference
-    return run_check(candidate, data, baseline=baseline, budget=budget, reference_onnx=reference,
-                     storage_bytes=storage, fp32_bytes=fp32, tolerance=tolerance, limit=limit)
+    with tempfile.TemporaryDirectory(prefix="autocompress-check-") as d:
+        tmp = Path(d)   # exported reference/candidate live only as long as the check
+        reference = Path(reference_onnx) if reference_onnx else None
+        fp32 = storage = None
+        if config is not None:
+            model = runconfig.load_model(config, weights=weights)
+            fp32 = fp32_bytes(model)
+            if reference is None:
+                reference = onnx_from_model(model, data, tmp / "reference.onnx")
+        if artifact is not None:
+            factory = runconfig.model_factory(config) if config is not None else None
+            candidate, storage = onnx_from_artifact(artifact, data, tmp, factory)
+        else:
+            candidate = Path(onnx) if onnx is not None else reference
+        return run_check(candidate, data, baseline=baseline, budget=budget, reference_onnx=reference,
+                         storage_bytes=storage, fp32_bytes=fp32, tolerance=tolerance, limit=limit)
 
 
 def read_baseline(path: str | Path) -> dict:
@@ -320,7 +321,3 @@ def write_outputs(result: CheckResult, summary: str | Path | None = None,
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text())
-
-
-def workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="autocompress-check-"))

@@ -54,7 +54,9 @@ def _finish(result: Any, out: Path, what: str) -> int:
     print(f"\n{what}: {verdict}. {report.get('message', '')}".rstrip())
     if not result.met and report.get("blocking_layers"):
         print("layers that block it: " + ", ".join(report["blocking_layers"]))
-    print(f"results in {out}: report.html, report.md, report.json, model.onnx, recipe.yaml")
+    written = sorted(p.name for p in out.iterdir() if p.is_file() and p.suffix in (".html", ".md", ".json", ".onnx",
+                                                                                   ".acz", ".yaml"))
+    print(f"results in {out}: {', '.join(written)}")
     return OK if result.met else NOT_MET
 
 
@@ -93,12 +95,13 @@ def _search(cfg: Any, resolved: tuple[Any, Any, Any], resume: bool) -> int:
     out = Path(cfg.out_dir)
 
     def go() -> int:
+        from autocompress.runconfig import model_factory
         from autocompress.search import compress
 
         kwargs: dict[str, Any] = {"resume": True} if resume else {}
         result = compress(model, data, cfg.budget, techniques=list(cfg.techniques), out_dir=out,
                           evaluate=metric, storage=cfg.storage, seed=cfg.seed, workers=cfg.workers,
-                          title=f"autocompress run: {cfg.model}", **kwargs)
+                          title=f"autocompress run: {cfg.model}", model_factory=model_factory(cfg), **kwargs)
         return _finish(result, out, "resumed run" if resume else "run")
     return _interruptible(out, go)
 
@@ -135,10 +138,11 @@ def cmd_apply(a: argparse.Namespace) -> int:
     model, data, metric = _resolve(cfg, a.weights)
 
     def go() -> int:
+        from autocompress.runconfig import model_factory
         from autocompress.search import apply_recipe
 
         result = apply_recipe(model, Path(a.recipe), data, out_dir=out, budget=cfg.budget, evaluate=metric,
-                              seed=cfg.seed)
+                              seed=cfg.seed, model_factory=model_factory(cfg))
         return _finish(result, out, "apply")
     return _interruptible(out, go)
 
@@ -319,8 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    # basicConfig leaves handlers a host (or pytest) installed alone; our own loggers get the level
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Our loggers at `level`; other libraries (exporter, optimisers) at WARNING unless -v.
+    # basicConfig leaves handlers a host (or pytest) installed alone.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("autocompress").setLevel(level)
     if not verbose:   # the ONNX exporter warns about optional torchvision ops on every export
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)

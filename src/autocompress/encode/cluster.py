@@ -230,10 +230,10 @@ def sync_clusters(model: nn.Module) -> None:
         a, v = st.idx[st.mask], flat[st.mask]
         hi = torch.full((k,), -torch.inf).scatter_reduce_(0, a, v, "amax")
         lo = torch.full((k,), torch.inf).scatter_reduce_(0, a, v, "amin")
-        cnt = torch.bincount(a, minlength=k).clamp(min=1)
-        mean = torch.zeros(k).index_add_(0, a, v) / cnt
+        cnt = torch.bincount(a, minlength=k)
+        mean = torch.zeros(k).index_add_(0, a, v) / cnt.clamp(min=1)
         # members normally stay equal (shared gradients); if something broke that, use their mean
-        now = torch.where(hi == lo, hi, mean)
+        now = torch.where(cnt == 0, st.shown, torch.where(hi == lo, hi, mean))
         st.master += now - st.shown
         st.shown = _round(st.master, st.fp16)
         _write(w, st)

@@ -46,6 +46,7 @@ MAGIC = b"ACMP"
 VERSION = 1
 _HEAD = struct.Struct("<4sBII")          # magic, version, crc32, payload length
 _GAP_CAPS = (15, 31, 63, 127, 255)
+_MAX_ELEMS = 1 << 31                     # sanity bound on decoded sizes (no memory bombs)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
            "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
@@ -393,7 +394,12 @@ def load_compressed(path: str | Path, model_factory: Callable[[], nn.Module] | N
         try:
             name, shape, dtype = tm["name"], tuple(int(s) for s in tm["shape"]), _DTYPES[tm["dtype"]]
             streams = []
+            if any(s < 0 for s in shape) or int(np.prod(shape)) > _MAX_ELEMS:
+                raise StorageError(f"implausible shape {shape}")
             for coder, n, alphabet, size in tm["streams"]:
+                n, alphabet, size = int(n), int(alphabet), int(size)
+                if not (0 <= n <= 4 * _MAX_ELEMS and 1 <= alphabet <= 1 << 32 and size >= 0):
+                    raise StorageError("implausible stream header")
                 if off + size > len(payload):
                     raise StorageError("stream runs past the end of the file")
                 streams.append(entropy.decode(coder, payload[off:off + size], int(n), int(alphabet)))

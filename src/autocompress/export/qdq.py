@@ -77,8 +77,13 @@ class _Graph:
         nodes = []
         for n in self.g.node:
             nodes += self.before.get(id(n), [])
-            nodes += self.replace.get(id(n), [n])
-            nodes += self.after.get(id(n), [])
+            for r in self.replace.get(id(n), [n]):   # replacement nodes may carry their own Q/DQ
+                if r is not n:
+                    nodes += self.before.get(id(r), [])
+                nodes.append(r)
+                nodes += self.after.get(id(r), [])
+            if id(n) in self.replace:
+                nodes += self.after.get(id(n), [])
         used = {i for n in nodes for i in n.input}
         keep = [t for t in self.g.initializer if t.name in used]
         del self.g.node[:]
@@ -97,20 +102,32 @@ class _Graph:
 # -- locating a layer in the graph ----------------------------------------------------------------
 
 def _find_weight(G: _Graph, name: str, w: np.ndarray) -> tuple[onnx.NodeProto, str, bool]:
-    """(consumer node, initializer name, transposed?) of layer ``name``'s weight ``w`` (C_out, ...)."""
-    cands = [f"{name}.weight"] + list(G.inits)
-    for cand in dict.fromkeys(cands):
+    """(consumer node, initializer name, transposed?) of layer ``name``'s weight ``w`` (C_out, ...).
+
+    The exporters keep ``<module path>.weight`` for Conv/Gemm; MatMul weights become transposed
+    constants with generated names, found by exact value. Several equal candidates = ambiguous."""
+    def match(cand: str) -> bool | None:
         t = G.inits.get(cand)
         if t is None or len(G.consumers.get(cand, [])) != 1:
-            continue
-        if tuple(t.dims) == w.shape or (w.ndim == 2 and tuple(t.dims) == w.shape[::-1]):
-            arr = numpy_helper.to_array(t)
-            if arr.shape == w.shape and np.array_equal(arr, w):
-                return G.consumers[cand][0], cand, False
-            if w.ndim == 2 and arr.shape == w.shape[::-1] and np.array_equal(arr, w.T):
-                return G.consumers[cand][0], cand, True
-    raise ExportError(f"{name}: cannot find this layer's weight in the exported ONNX graph "
-                      "(renamed and transformed by the exporter?); try exporter='torchscript'")
+            return None
+        if tuple(t.dims) == w.shape and np.array_equal(numpy_helper.to_array(t), w):
+            return False
+        if w.ndim == 2 and tuple(t.dims) == w.shape[::-1] and np.array_equal(numpy_helper.to_array(t), w.T):
+            return True
+        return None
+
+    by_name = match(f"{name}.weight")
+    if by_name is not None:
+        return G.consumers[f"{name}.weight"][0], f"{name}.weight", by_name
+    found = [(c, tr) for c in G.inits if (tr := match(c)) is not None]
+    if len(found) > 1:
+        raise ExportError(f"{name}: {len(found)} initializers equal this layer's weight "
+                          f"({[c for c, _ in found][:4]}): cannot tell which node is this layer")
+    if not found:
+        raise ExportError(f"{name}: cannot find this layer's weight in the exported ONNX graph "
+                          "(renamed and transformed by the exporter?); try exporter='torchscript'")
+    cand, transposed = found[0]
+    return G.consumers[cand][0], cand, transposed
 
 
 def _check_node(name: str, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
@@ -340,10 +357,10 @@ _REWRITES = {"static": _static, "dynamic": _dynamic, "weight_only": _weight_only
 
 def export_quantized(model: torch.nn.Module, example: torch.Tensor, path: str | Path, *,
                      exporter: str = "auto", verify: bool = True, opset: int = 18,
-                     weight_storage: str | None = None) -> Path:
+                     weight_storage: str | None = None, verify_inputs: torch.Tensor | None = None) -> Path:
     """Write the deployable single-file ONNX model for a model returned by ``quantize_``/``qat_``.
 
-    With ``verify`` the ONNX Runtime output on ``example`` is compared with the PyTorch simulation
+    With ``verify`` the ONNX Runtime output on ``verify_inputs`` (default ``example``) is compared with the PyTorch simulation
     (:class:`ParityError` if top-1 disagrees or outputs drift beyond a few quantization steps).
     The per-layer report (mode, bits, storage, reason) is embedded as metadata
     ``autocompress.quantization``. ``weight_storage`` ("int8" | "packed") overrides the config's
@@ -377,7 +394,7 @@ def export_quantized(model: torch.nn.Module, example: torch.Tensor, path: str | 
     onnx.save(out, str(path))
     onnx.checker.check_model(str(path))
     if verify:
-        verify_parity(model, path, example)
+        verify_parity(model, path, example if verify_inputs is None else verify_inputs)
     return path
 
 

@@ -5,6 +5,7 @@
     sens = sensitivity(model, val_loader, kind="unstructured"); allocate_ratios(sens, 0.92)
 """
 
+from autocompress.prune.heads import PrunedMultiheadAttention, head_scores, prune_heads_
 from autocompress.prune.importance import (IMPORTANCE, Importance, Magnitude, Random, Taylor,
                                            channel_importance, channel_scores, get_importance,
                                            taylor_stats)
@@ -20,6 +21,7 @@ from autocompress.prune.targets import Target, find_targets
 from autocompress.prune.unstructured import PruneConfig, compute_masks, prune_
 
 __all__ = [
+    "PrunedMultiheadAttention", "head_scores", "prune_heads_",
     "IMPORTANCE", "Importance", "Magnitude", "Random", "Taylor", "channel_importance", "channel_scores",
     "get_importance", "taylor_stats", "MaskHook", "apply_masks", "get_mask", "global_sparsity", "has_masks",
     "make_permanent", "remove_masks", "set_mask", "sparsity_report", "Finetune", "TrainStep", "as_loader",

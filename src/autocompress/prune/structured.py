@@ -23,6 +23,7 @@ from torch import nn
 
 from autocompress.config import Config, ConfigError
 from autocompress.measure.core import count_macs, count_params
+from autocompress.prune.heads import PrunedMultiheadAttention, prune_heads_
 from autocompress.prune.importance import ImportanceName
 from autocompress.prune.recover import Finetune, as_loader, make_finetune
 from autocompress.prune.targets import check_names_exist, matches
@@ -47,7 +48,7 @@ class StructuredPruneConfig(Config):
     round_to: int | None = None                              # keep channel counts multiples of this
     exclude: list[str] = field(default_factory=list)         # module names never pruned
     keep_classifier: bool = True                             # never prune the final layer's outputs
-    head_ratio: float = 0.0                                  # fraction of attention heads removed
+    head_ratio: float = 0.0                                  # fraction of attention heads removed (MHA)
     max_layer_ratio: float = 0.95                            # no layer loses more than this
     steps: int = 1                                           # iterative rounds (fine-tune between)
     finetune: TrainConfig | None = None
@@ -106,9 +107,11 @@ class _Frozen(tp.pruner.function.BasePruningFunc):
 
 
 def frozen_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules owning parameters that structured pruning keeps intact."""
+    """Modules owning parameters that structured pruning keeps intact (head-pruned attention is
+    rebuilt by :mod:`autocompress.prune.heads` only, never by torch-pruning)."""
     return {n: m for n, m in model.named_modules()
-            if not isinstance(m, _SUPPORTED) and any(True for _ in m.parameters(recurse=False))}
+            if (not isinstance(m, _SUPPORTED) or isinstance(m, PrunedMultiheadAttention))
+            and any(True for _ in m.parameters(recurse=False))}
 
 
 def prunable_layers(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig) -> dict[str, nn.Module]:
@@ -186,7 +189,7 @@ def _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, igno
         model, example, importance=_TP_IMPORTANCE[cfg.importance](), global_pruning=cfg.global_ranking,
         pruning_ratio=default, pruning_ratio_dict={modules[n]: r for n, r in ratios.items()},
         max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored, round_to=cfg.round_to,
-        num_heads=mhas, prune_num_heads=head_ratio > 0, prune_head_dims=False, head_pruning_ratio=head_ratio,
+        num_heads=mhas, prune_num_heads=False, prune_head_dims=False,
         customized_pruners={type(m): _Frozen() for m in frozen.values()})
 
 
@@ -197,7 +200,8 @@ def _surgery(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig
     modules = dict(model.named_modules())
     frozen = frozen_layers(model)
     ignored = [modules[n] for n in _excluded(model, example, cfg)] + list(frozen.values())
-    mhas = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    mhas = {m: m.num_heads for n, m in modules.items()
+            if isinstance(m, nn.MultiheadAttention) and n not in frozen}
     if cfg.importance == "taylor":
         if data is None:
             raise ValueError("StructuredPruneConfig.importance='taylor' needs data: pass real (x, y) batches")
@@ -258,9 +262,12 @@ def _layer_ratios(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneC
 def _prune_once(model, example, cfg, scale, data, loss_fn, step: int = 1, steps: int = 1) -> list[str]:
     ratios = {} if cfg.global_ranking else _layer_ratios(model, example, cfg, scale)
     default = min(cfg.ratio * scale, cfg.max_layer_ratio)
+    if cfg.head_ratio > 0 and step == 1:
+        # whole heads first (our surgery); torch-pruning then leaves the rebuilt attention alone
+        left = prune_heads_(model, cfg.head_ratio, cfg.exclude)
+        log.info("attention heads left: %s", left)
     return _surgery(model, example, cfg, _step_ratio(default, step, steps),
-                    {n: _step_ratio(r, step, steps) for n, r in ratios.items()},
-                    _step_ratio(cfg.head_ratio, step, steps), data, loss_fn)
+                    {n: _step_ratio(r, step, steps) for n, r in ratios.items()}, 0.0, data, loss_fn)
 
 
 def _solve_scale(model, example, cfg, data, loss_fn) -> tuple[float, StructuredPruneConfig]:

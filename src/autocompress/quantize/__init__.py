@@ -11,8 +11,9 @@ from autocompress.quantize.observers import RANGE_ESTIMATORS, CalibrationError, 
 from autocompress.quantize.mixed import (LatencyReport, MixedPrecisionConfig, MixedResult, Precision,
                                          compare_latency, latency_guard_, mixed_precision_)
 from autocompress.quantize.qat import QATConfig, qat_
-from autocompress.quantize.ptq import (DynamicInt8Config, Fp16Config, Int4WeightOnlyConfig, LayerReport,
-                                       PTQConfig, QuantReport, float_view, quant_report, quantize_)
+from autocompress.quantize.ptq import (DynamicInt8Config, Fp16Config, Int4WeightOnlyConfig, PTQConfig,
+                                       float_view, quantize_)
+from autocompress.quantize.report import LayerReport, QuantReport, quant_report
 
 __all__ = ["ActQuantizer", "CalibrationError", "DynamicInt8Config", "Fp16Config", "Int4WeightOnlyConfig",
            "LatencyReport", "LayerReport", "MixedPrecisionConfig", "MixedResult", "Observer", "PTQConfig",

@@ -3,8 +3,9 @@
 ``mixed_precision_`` measures each layer's sensitivity (accuracy drop, or output error, with only
 that layer quantized at the lowest level), quantizes everything at the lowest level, then raises
 the most sensitive layers one level at a time (e.g. w4a8 -> w8a8 -> fp32) until the accuracy budget
-holds; a step that makes accuracy worse is backed off. The result names every layer's precision
-and the reason.
+holds. A step that makes accuracy worse is not kept: the levels above it are tried, and if all are
+worse the layer is backed off to where it was. The result names every layer's precision, the reason
+and the full history of steps.
 
 ``latency_guard_`` exports the quantized model and fp32, measures both interleaved on ONNX Runtime
 and, when quantized is slower, returns layers to fp32 one at a time (keeping only changes that
@@ -124,37 +125,38 @@ def mixed_precision_(model: nn.Module, config: MixedPrecisionConfig, calibration
     levels = {n: 0 for n in names}
     _set(model, cfg, levels)
     acc = evaluate(model)
-    history = [{"step": "all at " + cfg.levels[0].label, "accuracy": acc}]
+    history = [{"step": "all at " + cfg.levels[0].label, "accuracy": acc, "kept": True}]
     reason = {n: f"budget held at {cfg.levels[0].label}" for n in names}
-    backed_off: set[tuple[str, int]] = set()
+    stuck: set[str] = set()      # layers whose every higher level measured worse
     while reference - acc > cfg.max_drop:
         moved = False
         for n in order:
-            if levels[n] >= top or (n, levels[n] + 1) in backed_off:
+            if levels[n] >= top or n in stuck:
                 continue
-            levels[n] += 1
-            _set(model, cfg, levels)
-            new = evaluate(model)
-            lvl = cfg.levels[levels[n]].label
-            if new < acc:
-                history.append({"step": f"{n} -> {lvl}", "accuracy": new, "kept": False})
-                backed_off.add((n, levels[n]))
-                levels[n] -= 1
-                continue
-            history.append({"step": f"{n} -> {lvl}", "accuracy": new, "kept": True})
-            reason[n] = (f"raised to {lvl}: sensitivity rank {order.index(n) + 1}/{len(order)}, "
-                         f"accuracy {acc:.4f} -> {new:.4f}")
-            acc, moved = new, True
+            # one level up; if that measures worse, try the levels above it before backing off
+            for up in range(levels[n] + 1, top + 1):
+                trial = {**levels, n: up}
+                _set(model, cfg, trial)
+                new = evaluate(model)
+                lvl = cfg.levels[up].label
+                history.append({"step": f"{n} -> {lvl}", "accuracy": new, "kept": new >= acc})
+                if new >= acc:
+                    reason[n] = (f"raised to {lvl}: sensitivity rank {order.index(n) + 1}/{len(order)}, "
+                                 f"accuracy {acc:.4f} -> {new:.4f}")
+                    if up > levels[n] + 1:
+                        reason[n] += f" ({cfg.levels[levels[n] + 1].label} measured worse, skipped)"
+                    levels, acc, moved = trial, new, True
+                    break
+            else:
+                stuck.add(n)
+                reason[n] += "; raising it made accuracy worse, backed off"
             if reference - acc <= cfg.max_drop:
                 break
         if not moved:
             break
     _set(model, cfg, levels)
     for n in names:
-        if (n, levels[n] + 1) in backed_off and levels[n] < top:
-            reason[n] += "; raising it made accuracy worse, backed off"
-        w = wrappers_of(model)[n]
-        w.reason = f"mixed precision: {reason[n]}"
+        wrappers_of(model)[n].reason = f"mixed precision: {reason[n]}"
     met = reference - acc <= cfg.max_drop
     if not met:
         log.warning("mixed precision: budget %.4f not met (drop %.4f)", cfg.max_drop, reference - acc)
@@ -177,13 +179,14 @@ class LatencyReport:
 
 
 def compare_latency(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64),
-                    runs: int = 100, workdir: str | Path | None = None) -> dict[str, dict[int, float]]:
-    """Median ONNX Runtime latency (ms) of the exported quantized model and of fp32, interleaved."""
+                    runs: int = 100, fp32_path: str | Path | None = None) -> dict[str, dict[int, float]]:
+    """Median ONNX Runtime latency (ms) of the exported quantized model and of fp32, interleaved.
+    ``fp32_path`` reuses an fp32 export (the float view of ``model``) instead of exporting again."""
     from autocompress.export import export_onnx, measure_latency
     from autocompress.export.qdq import export_quantized
     from autocompress.quantize.ptq import float_view
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        fp = export_onnx(float_view(model), example, Path(tmp) / "fp32.onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp = fp32_path or export_onnx(float_view(model), example, Path(tmp) / "fp32.onnx")
         qp = export_quantized(model, example, Path(tmp) / "quant.onnx")
         lat = measure_latency({"fp32": fp, "quant": qp}, tuple(example.shape[1:]), batch_sizes, runs=runs)
     return {k: {b: s.median_ms for b, s in v.items()} for k, v in lat.items()}
@@ -191,40 +194,40 @@ def compare_latency(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[
 
 def latency_guard_(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64),
                    runs: int = 100, margin: float = 0.02) -> LatencyReport:
-    """Never ship slower than fp32: if the exported quantized model is slower (at any of
-    ``batch_sizes``, summed), return layers to fp32 greedily, keeping only changes measured faster."""
-    def total(d: dict[int, float]) -> float:
-        return sum(d[b] / ref[b] for b in batch_sizes)
+    """Never ship slower than fp32: if the exported quantized model is slower (mean latency ratio
+    over ``batch_sizes``), return layers to fp32 one at a time, keeping only changes measured at
+    least ``margin`` faster; if it is still slower, the whole model goes back to fp32."""
+    from autocompress.export import export_onnx
+    from autocompress.quantize.ptq import float_view
 
-    lat = compare_latency(model, example, batch_sizes, runs)
-    ref, first = lat["fp32"], lat["quant"]
-    best = first
-    fallbacks: list[str] = []
+    def score(lat: dict[str, dict[int, float]]) -> float:   # mean quant/fp32 ratio (same run)
+        return sum(lat["quant"][b] / lat["fp32"][b] for b in batch_sizes) / len(batch_sizes)
+
     ws = wrappers_of(model)
-    if total(best) > len(batch_sizes) * (1 - margin):
+    with tempfile.TemporaryDirectory() as tmp:
+        fp = export_onnx(float_view(model), example, Path(tmp) / "fp32.onnx")
+        lat = compare_latency(model, example, batch_sizes, runs, fp)
+        first, best, ref = lat["quant"], score(lat), lat["fp32"]
+        chosen = dict(first)
+        fallbacks: list[str] = []
         for name, w in ws.items():
-            if w.mode == "fp32":
+            if best <= 1 - margin:
+                break
+            if w.mode == "fp32" or sum(x.mode != "fp32" for x in ws.values()) <= 1:
                 continue
             saved = (w.mode, w.in_q.enabled, w.out_q.enabled)
             w.mode, w.in_q.enabled, w.out_q.enabled = "fp32", False, False
-            if all(x.mode == "fp32" for x in ws.values()):
-                trial = dict(ref)
-            else:
-                trial_lat = compare_latency(model, example, batch_sizes, runs)
-                ref = trial_lat["fp32"]
-                trial = trial_lat["quant"]
-            if total(trial) < total(best) * (1 - margin):
-                best = trial
+            trial = compare_latency(model, example, batch_sizes, runs, fp)
+            if score(trial) < best * (1 - margin):
+                best, chosen, ref = score(trial), dict(trial["quant"]), trial["fp32"]
                 fallbacks.append(name)
                 w.reason = "kept float32: quantized measured slower on ONNX Runtime"
             else:
                 w.mode, w.in_q.enabled, w.out_q.enabled = saved
-            if total(best) <= len(batch_sizes) * (1 - margin):
-                break
-    whole = total(best) > len(batch_sizes)
+    whole = best > 1.0
     if whole:   # still slower than fp32: ship fp32
         for w in ws.values():
             w.mode, w.in_q.enabled, w.out_q.enabled = "fp32", False, False
             w.reason = "kept float32: the quantized model measured slower than fp32"
-        best = dict(ref)
-    return LatencyReport(ref, first, best, fallbacks, whole)
+        chosen = dict(ref)
+    return LatencyReport(ref, first, chosen, fallbacks, whole)

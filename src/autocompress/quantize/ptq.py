@@ -21,6 +21,7 @@ from autocompress.config import Config, ConfigError
 from autocompress.quantize.fake_quant import SUPPORTED, QuantWrapper, WeightQuantizer
 from autocompress.quantize.graph import fold_batchnorm, plan
 from autocompress.quantize.observers import Calibration, CalibrationError
+from autocompress.quantize.report import LayerReport, QuantReport, quant_report, storage_of  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -100,67 +101,6 @@ class Fp16Config(Config):
     """Weights and biases stored in float16 (half the file), computed in float32."""
 
     skip_layers: list[str] = field(default_factory=list)
-
-
-# -- report --------------------------------------------------------------------------------------
-
-@dataclass
-class LayerReport:
-    mode: str                        # static / dynamic / weight_only / fp16 / fp32
-    weight_bits: int | None
-    act_bits: int | None
-    storage: str                     # how the deployed file stores the weights
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class QuantReport:
-    layers: dict[str, LayerReport]
-    float_layers: dict[str, str]     # parameterised modules left in float32 -> why
-    folded_bn: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layers": {k: v.to_dict() for k, v in self.layers.items()},
-                "float_layers": dict(self.float_layers), "folded_bn": list(self.folded_bn)}
-
-    def __str__(self) -> str:
-        rows = ["| layer | mode | bits (w/a) | storage | why |", "|---|---|---|---|---|"]
-        for k, v in self.layers.items():
-            rows.append(f"| {k} | {v.mode} | {v.weight_bits or '-'}/{v.act_bits or '-'} | "
-                        f"{v.storage} | {v.reason} |")
-        for k, why in self.float_layers.items():
-            rows.append(f"| {k} | fp32 | - | float32 | {why} |")
-        return "\n".join(rows)
-
-
-def storage_of(w: QuantWrapper) -> str:
-    if w.mode == "fp32":
-        return "float32"
-    if w.mode == "fp16":
-        return "float16"
-    if w.mode == "weight_only":
-        return f"int4 packed (MatMulNBits, block {w.w_q.group_size})"
-    levels = w.w_q.qmax - w.w_q.qmin + 1
-    if w.mode == "static" and w.storage == "packed" and w.w_q.bits <= 4 and isinstance(w.module, nn.Linear):
-        bits = 2 if w.w_q.bits <= 2 else 4
-        return f"int{bits} packed (MatMulNBits, {levels} levels)"
-    return "int8" if w.w_q.bits == 8 else f"int8 holding {levels} levels ({w.w_q.bits}-bit)"
-
-
-def quant_report(model: nn.Module) -> QuantReport:
-    """Which layer runs at which precision and why (also embedded in the exported ONNX)."""
-    state = getattr(model, "_autocompress_quant", {})
-    layers = {}
-    for name, m in model.named_modules():
-        if isinstance(m, QuantWrapper):
-            static = m.mode == "static"
-            layers[name] = LayerReport(
-                m.mode, m.w_q.bits if m.mode in ("static", "dynamic", "weight_only") else None,
-                m.in_q.bits if static else (8 if m.mode == "dynamic" else None), storage_of(m), m.reason)
-    return QuantReport(layers, dict(state.get("float_layers", {})), list(state.get("folded_bn", [])))
 
 
 # -- calibration data ----------------------------------------------------------------------------
@@ -243,8 +183,8 @@ def _check_finite(name: str, m: nn.Module) -> None:
 def prepare(model: nn.Module, skip: Iterable[str] = (), linear_only: bool = False,
             on_unsupported: str = "fallback") -> nn.Module:
     """Fold BN, wrap every supported layer (in place), record float-only layers with reasons."""
-    if any(isinstance(m, QuantWrapper) for m in model.modules()):
-        return model      # already prepared: re-quantizing with another config reuses the wrappers
+    for name, w in list(wrappers_of(model).items()):   # re-quantizing: start from the float layers
+        _swap(model, name, w.module)
     model.eval()
     folded = fold_batchnorm(model)
     skip = set(skip)
@@ -387,10 +327,22 @@ def _ptq(model: nn.Module, cfg: PTQConfig, data: Any) -> nn.Module:
     return model
 
 
+def _linear_wrappers(model: nn.Module) -> list[QuantWrapper]:
+    """Linear wrappers; others (left by an earlier static config) go back to float."""
+    out = []
+    for w in wrappers_of(model).values():
+        if isinstance(w.module, nn.Linear):
+            out.append(w)
+        else:
+            w.mode = "fp32"
+            w.reason = "this config quantizes Linear layers only: kept float32"
+    return out
+
+
 @register(Int4WeightOnlyConfig)
 def _int4(model: nn.Module, cfg: Int4WeightOnlyConfig, data: Any = None) -> nn.Module:
     prepare(model, cfg.skip_layers, linear_only=True)
-    for w in wrappers_of(model).values():
+    for w in _linear_wrappers(model):
         w.mode = "weight_only"
         w.w_q = WeightQuantizer(4, True, cfg.group_size, cfg.symmetric)
         w.w_q.calibrate(w.weight)
@@ -401,7 +353,7 @@ def _int4(model: nn.Module, cfg: Int4WeightOnlyConfig, data: Any = None) -> nn.M
 @register(DynamicInt8Config)
 def _dynamic(model: nn.Module, cfg: DynamicInt8Config, data: Any = None) -> nn.Module:
     prepare(model, cfg.skip_layers, linear_only=True)
-    for w in wrappers_of(model).values():
+    for w in _linear_wrappers(model):
         w.mode = "dynamic"
         w.w_q = WeightQuantizer(8, cfg.per_channel)
         w.w_q.calibrate(w.weight)

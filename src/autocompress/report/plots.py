@@ -10,7 +10,7 @@ import io
 import math
 from typing import Any
 
-from autocompress.report.tables import accuracy_of, latency_of
+from autocompress.report.tables import latency_of
 
 GREY, FRONT, BASE, FLOOR = "#b8b8b8", "#d62728", "#1f77b4", "#7f7f7f"
 
@@ -77,7 +77,8 @@ def pareto_plot(report: dict) -> bytes | None:
     return _png(fig)
 
 
-def _layer_bars(report: dict, key: str, title: str, xlabel: str, scale: float) -> bytes | None:
+def _layer_bars(report: dict, key: str, title: str, xlabel: str, scale: float,
+                xmax: float | None = None) -> bytes | None:
     items = [(name, _num((info or {}).get(key))) for name, info in (report.get("layers") or {}).items()]
     items = [(n, v) for n, v in items if v is not None]
     if not items:
@@ -87,7 +88,8 @@ def _layer_bars(report: dict, key: str, title: str, xlabel: str, scale: float) -
     vals = [v * scale for _, v in items][::-1]
     ax.barh(names, vals, color=BASE)
     for y, v in enumerate(vals):
-        ax.text(v, y, f" {v:g}", va="center", fontsize=8)
+        ax.text(v, y, f" {v:.0f}" if float(v).is_integer() else f" {v:.1f}", va="center", fontsize=8)
+    ax.set_xlim(0, xmax if xmax is not None else max(max(vals), 1) * 1.1)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
@@ -95,7 +97,7 @@ def _layer_bars(report: dict, key: str, title: str, xlabel: str, scale: float) -
 
 
 def sparsity_plot(report: dict) -> bytes | None:
-    return _layer_bars(report, "sparsity", "Per-layer sparsity", "weights set to zero (%)", 100.0)
+    return _layer_bars(report, "sparsity", "Per-layer sparsity", "weights set to zero (%)", 100.0, 105.0)
 
 
 def bits_plot(report: dict) -> bytes | None:

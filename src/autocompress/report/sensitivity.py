@@ -12,18 +12,37 @@ from autocompress.report.tables import md_table
 TECHNIQUE_NAMES = {"prune", "structured", "quantize", "cluster", "factorize", "distill"}
 
 
+SETTING_KEYS = ("ratios", "bits", "settings", "values")
+
+
+def curves(per_tech: dict) -> dict[str, dict[str, float]]:
+    """One technique's sensitivity as ``{layer: {str(setting): accuracy}}``.
+
+    Accepts that form, or the sensitivity objects' ``to_dict()``: ``{"ratios": [r...],
+    "scores": {layer: [acc per ratio]}, ...}`` (``bits`` etc. in place of ``ratios``)."""
+    if isinstance(per_tech.get("scores"), dict):
+        settings = next((per_tech[k] for k in SETTING_KEYS if isinstance(per_tech.get(k), list)), None)
+        out = {}
+        for layer, accs in per_tech["scores"].items():
+            if isinstance(accs, dict):
+                out[layer] = {str(k): v for k, v in accs.items()}
+            elif isinstance(accs, list) and settings is not None and len(accs) == len(settings):
+                out[layer] = {f"{x:g}" if isinstance(x, float) else str(x): a for x, a in zip(settings, accs)}
+        return out
+    return {layer: {str(k): v for k, v in pts.items()} for layer, pts in per_tech.items() if isinstance(pts, dict)}
+
+
 def normalise(sens: dict) -> dict[str, dict[str, dict[str, float]]]:
-    """Accept ``{technique: {layer: {setting: acc}}}`` (what ``search.inspect`` returns),
+    """Accept ``{technique: <curves>}`` (what ``search.inspect`` returns; see :func:`curves`),
     ``{layer: {technique: {setting: acc}}}``, ``{layer: {"sensitivity": {...}}}`` or ``{"layers": ...}``;
     return ``{layer: {technique: {str(setting): acc}}}``."""
     layers = sens.get("layers", sens) if isinstance(sens.get("layers"), dict) else sens
     if layers and set(layers) <= TECHNIQUE_NAMES:   # technique-first: transpose
         flipped: dict[str, dict] = {}
-        for tech, per_layer in layers.items():
-            for layer, pts in (per_layer or {}).items():
-                if isinstance(pts, dict):
-                    flipped.setdefault(layer, {})[tech] = pts
-        layers = flipped
+        for tech, per_tech in layers.items():
+            for layer, pts in curves(per_tech or {}).items():
+                flipped.setdefault(layer, {})[tech] = pts
+        return flipped
     out = {}
     for layer, info in layers.items():
         if not isinstance(info, dict):
@@ -34,6 +53,10 @@ def normalise(sens: dict) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def _pct(v: object) -> str:
+    return f"{100 * v:.2f} %" if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+
 def sensitivity_tables(sens: dict) -> str:
     """One markdown table per technique: a row per layer, a column per setting (validation accuracy)."""
     layers = normalise(sens)
@@ -42,7 +65,7 @@ def sensitivity_tables(sens: dict) -> str:
     for t in techs:
         settings = sorted({k for per in layers.values() for k in per.get(t, {})},
                           key=lambda k: (float(k) if k.replace(".", "", 1).isdigit() else float("inf"), k))
-        rows = [[layer] + [f"{100 * per[t][k]:.2f} %" if k in per.get(t, {}) else "—" for k in settings]
+        rows = [[layer] + [_pct(per[t].get(k)) for k in settings]
                 for layer, per in layers.items() if t in per]
         out += [f"### {t}", "", md_table(["layer"] + settings, rows), ""]
     return "\n".join(out)

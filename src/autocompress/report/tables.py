@@ -51,6 +51,8 @@ def _ratio_smaller(before: float | None, after: float | None) -> str:
     if not before or not after:
         return DASH
     r = before / after
+    if abs(r - 1) < 0.01:
+        return "same (within 1 %)"
     return f"{r:.1f}x smaller" if r >= 1 else f"{1 / r:.2f}x larger"
 
 
@@ -58,6 +60,8 @@ def _ratio_faster(before: float | None, after: float | None) -> str:
     if not before or not after:
         return DASH
     r = before / after
+    if abs(r - 1) < 0.01:
+        return "same (within 1 %)"
     return f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
 
 
@@ -102,9 +106,14 @@ TRIAL_HEADER = ["#", "state", "recipe", "val accuracy", "size", "latency", "feas
 
 
 def describe_recipe(recipe: Any) -> str:
-    """One line: the recipe's non-default-looking settings, ``key=value`` joined."""
+    """One line: the search's own description of a Recipe dict, else its non-off settings joined."""
     if not isinstance(recipe, dict):
         return str(recipe) if recipe is not None else DASH
+    try:
+        from autocompress.search.recipe import Recipe
+        return Recipe.from_dict(recipe).describe()
+    except Exception:  # noqa: BLE001 - not a Recipe (older report, other tool): generic form
+        pass
     parts = []
     for k, v in recipe.items():
         if v in (None, 0, 0.0, False, "none", {}, []):
@@ -123,8 +132,13 @@ def trial_rows(report: dict) -> list[list[str]]:
                      fmt_bytes(_num(t.get("size_bytes"))), fmt_ms(_num(t.get("latency_ms"))),
                      "yes" if t.get("feasible") else "no",
                      DASH if _num(t.get("duration_s")) is None else f"{t['duration_s']:.1f} s",
-                     t.get("note") or ""])
+                     _short(t.get("note") or "")])
     return rows
+
+
+def _short(text: str, n: int = 140) -> str:
+    """Notes can hold whole error messages; the table shows the start (report.json has all)."""
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 LAYER_HEADER = ["layer", "sparsity", "bits", "why this precision"]

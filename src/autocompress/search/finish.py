@@ -8,6 +8,8 @@ import logging
 import math
 from pathlib import Path
 
+import torch
+
 from autocompress.measure import Measurement, compare, measure
 from autocompress.search.recipe import Recipe
 from autocompress.search.result import Result, TrialRecord
@@ -19,7 +21,7 @@ def trial_records(study) -> list[TrialRecord]:
     out = []
     for t in study.trials:
         a = t.user_attrs
-        state = t.state.name.lower()
+        state = {"FAIL": "failed"}.get(t.state.name, t.state.name.lower())
         out.append(TrialRecord(
             number=t.number, state=state, recipe=a.get("recipe", {}),
             val_accuracy=a.get("val_accuracy"), size_bytes=a.get("size_bytes"),
@@ -84,11 +86,18 @@ def layer_table(model, sensitivity: dict) -> dict[str, dict]:
 
 
 def _bits_of(m) -> int | None:
-    for attr in ("weight_bits", "bits"):
-        v = getattr(m, attr, None)
-        if isinstance(v, int):
-            return v
-    return 32
+    """Bits per stored weight: a quantizer's bit width, else what the distinct values need
+    (a clustered layer with 16 shared values is 4 bits), else 32."""
+    import math
+
+    wq = getattr(m, "w_q", None)
+    if wq is not None and getattr(m, "mode", "fp32") != "fp32":
+        return int(wq.bits)
+    w = getattr(m, "weight", None)
+    if w is None:
+        return None
+    n = int(torch.unique(w.detach()[w.detach() != 0]).numel())
+    return max(1, math.ceil(math.log2(n))) if 0 < n <= 256 else 32
 
 
 def build_result(study, shared, title: str, elapsed: float) -> Result:

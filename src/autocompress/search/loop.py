@@ -78,14 +78,16 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
              evaluate: Callable | None = None, finetune: Callable | None = None,
              storage: str | None = None, seed: int = 0, workers: int = 1, resume: bool = False,
              quick: bool = False, seeds: Iterable[Recipe] | None = None, title: str | None = None,
-             study_name: str = STUDY) -> Result:
+             study_name: str = STUDY, model_factory: Callable[[], nn.Module] | None = None) -> Result:
     """Find the best compressed version of ``model`` within ``budget``.
 
     ``evaluate(model, loader) -> float`` replaces top-1 accuracy; ``finetune(model) -> model``
     replaces our fine-tuning loop. ``storage`` is an Optuna storage URL (default SQLite in
     ``out_dir``; a ``postgresql://`` URL lets workers on many machines join one study).
     ``quick`` shrinks data subsets and fine-tuning for tests. ``workers`` local processes share
-    the study; ``study_name`` tells studies apart in a shared storage.
+    the study; ``study_name`` tells studies apart in a shared storage. ``model_factory()`` builds
+    the (uncompressed) architecture for the storage artifact when it is not made of common layers;
+    by default a copy of ``model``.
     """
     import optuna
 
@@ -96,7 +98,8 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    shared = _prepare(model, data, budget, tuple(techniques), out, evaluate, finetune, seed, quick)
+    shared = _prepare(model, data, budget, tuple(techniques), out, evaluate, finetune, seed, quick,
+                      model_factory)
     url = _storage_url(out, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shared.study_name = study_name
@@ -135,7 +138,8 @@ def resume(model: nn.Module, data: Splits, out_dir: str | Path, **kwargs) -> Res
 
 # -- setup ---------------------------------------------------------------------------------
 
-def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, quick) -> _Shared:
+def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, quick,
+             model_factory=None) -> _Shared:
     model = model.eval()
     limit = 2000 if quick else None
     val = _val_evaluator(data, evaluate, limit)
@@ -151,9 +155,15 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     for p in teacher.parameters():
         p.requires_grad_(False)
     ctx = TrialContext(data=data, teacher=teacher, example=example, evaluate=val, finetune=finetune,
-                       seed=seed, quick=quick, work_dir=out / "work", budget=budget)
+                       seed=seed, quick=quick, work_dir=out / "work", budget=budget,
+                       model_factory=model_factory or _copier(model))
     ctx.sensitivity = _sensitivity(model, ctx, techniques, out / "sensitivity.json")
     return _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)
+
+
+def _copier(model: nn.Module) -> Callable[[], nn.Module]:
+    template = copy.deepcopy(model).eval()
+    return lambda: copy.deepcopy(template)
 
 
 def _sensitivity(model, ctx: TrialContext, techniques, path: Path) -> dict:
@@ -353,7 +363,7 @@ def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str
     out.mkdir(parents=True, exist_ok=True)
     budget = kwargs.pop("budget", None) or Budget.from_yaml(out / "budget.yaml")
     shared = _prepare(model, data, budget, tuple(techniques), out, kwargs.get("evaluate"),
-                      kwargs.get("finetune"), seed, kwargs.get("quick", False))
+                      kwargs.get("finetune"), seed, kwargs.get("quick", False), kwargs.get("model_factory"))
     shared.study_name = kwargs.get("study_name", STUDY)
     _worker_main(shared, storage, seed, n_trials, timeout)
 

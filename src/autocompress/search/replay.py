@@ -16,6 +16,7 @@ from autocompress.export import export_onnx
 from autocompress.measure import compare, measure
 from autocompress.search.budget import Budget
 from autocompress.search.finish import layer_table
+from autocompress.search.loop import _copier
 from autocompress.search.recipe import Recipe
 from autocompress.search.result import Result, TrialRecord
 from autocompress.search.steps import TrialContext, apply_recipe_steps, deploy, measure_sensitivity
@@ -26,20 +27,22 @@ log = logging.getLogger(__name__)
 
 def _context(model: nn.Module, data: Splits, out: Path, teacher: nn.Module | None,
              evaluate: Callable | None, finetune: Callable | None, budget: Budget, seed: int,
-             quick: bool) -> TrialContext:
+             quick: bool, model_factory: Callable[[], nn.Module] | None = None) -> TrialContext:
     loader = data.loader("val", 1000, limit=2000 if quick else None)
     val = (lambda m: _evaluate(m, loader)) if evaluate is None else (lambda m: float(evaluate(m, loader)))
     teacher = (teacher or copy.deepcopy(model)).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return TrialContext(data=data, teacher=teacher, example=data.example_input(1), evaluate=val,
-                        finetune=finetune, seed=seed, quick=quick, work_dir=out / "work", budget=budget)
+                        finetune=finetune, seed=seed, quick=quick, work_dir=out / "work", budget=budget,
+                        model_factory=model_factory or _copier(model))
 
 
 def apply_recipe(model: nn.Module, recipe: Recipe | dict | str | Path, data: Splits, *,
                  out_dir: str | Path = "runs/apply", teacher: nn.Module | None = None,
                  evaluate: Callable | None = None, finetune: Callable | None = None,
-                 budget: Budget | None = None, seed: int = 0, quick: bool = False) -> Result:
+                 budget: Budget | None = None, seed: int = 0, quick: bool = False,
+                 model_factory: Callable[[], nn.Module] | None = None) -> Result:
     """Apply ``recipe`` (a Recipe, its dict, or a recipe.yaml path) to ``model`` and measure the
     result against the same model uncompressed. ``result.met`` checks ``budget`` when given."""
     t0 = time.time()
@@ -51,7 +54,7 @@ def apply_recipe(model: nn.Module, recipe: Recipe | dict | str | Path, data: Spl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    ctx = _context(model, data, out, teacher, evaluate, finetune, budget, seed, quick)
+    ctx = _context(model, data, out, teacher, evaluate, finetune, budget, seed, quick, model_factory)
     base_onnx = export_onnx(model, ctx.example, out / "baseline.onnx")
     base = measure(model, data, "baseline", splits=("val", "test"), onnx_path=base_onnx)
     compressed = apply_recipe_steps(copy.deepcopy(model), recipe, ctx)

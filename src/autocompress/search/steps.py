@@ -36,6 +36,8 @@ class TrialContext:
     work_dir: Path
     budget: Budget
     sensitivity: dict = field(default_factory=dict)
+    # builds the user's architecture (for the storage artifact of a model class it cannot describe)
+    model_factory: Callable[[], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +175,8 @@ def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path) -
         export_onnx(model, ctx.example, onnx_path)
         check_parity(model, onnx_path, inputs, atol=1e-3)
     storage = out_dir / "model.acz"
-    save_compressed(_storable(model), storage, metadata={"recipe": recipe.to_dict()})
+    save_compressed(_storable(model), storage, model_factory=ctx.model_factory,
+                    metadata={"recipe": recipe.to_dict()})
     return {"onnx": onnx_path, "onnx_bytes": onnx_bytes(onnx_path), "storage": storage,
             "storage_bytes": storage.stat().st_size}
 
@@ -199,7 +202,7 @@ def rebuild_best(shared, recipe: Recipe, trial_number: int) -> nn.Module:
     """The best model: from its storage artifact, or by replaying its recipe (deterministic)."""
     from autocompress.encode import load_compressed
     try:
-        return load_compressed(shared.out_dir / "best" / "model.acz")
+        return load_compressed(shared.out_dir / "best" / "model.acz", shared.ctx.model_factory)
     except Exception as e:  # noqa: BLE001 - fall back to replaying the recipe
         log.info("rebuilding the best model by replaying its recipe (%s)", e)
         return apply_recipe_steps(copy.deepcopy(shared.model), recipe, shared.ctx)
