@@ -1,5 +1,5 @@
 """Shared test setup: one thread (2 cores shared by many agents), fixed seeds, tests/ importable
-(so ``from zoo import build`` works)."""
+(pyproject sets pythonpath so ``from zoo import build`` works)."""
 
 import os
 import random
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -7,7 +7,6 @@ import pytest
 
 from autocompress.models import baseline_path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.mark.slow

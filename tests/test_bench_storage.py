@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,13 @@ from autocompress.models import baseline_path
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_storage.py"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (baseline_path("lenet5").exists() and baseline_path("lenet300").exists()),
                     reason="bundled baselines not trained yet")
 def test_bench_storage_quick(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_storage", BENCH)
     bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_storage"] = bench        # dataclasses resolve their module by name
     spec.loader.exec_module(bench)
     res = bench.main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out

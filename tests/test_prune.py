@@ -168,3 +168,14 @@ def test_config_round_trip():
                       finetune=TrainConfig(epochs=0.5))
     assert PruneConfig.from_json(cfg.to_json()) == cfg
     assert PruneConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_model_with_live_masks_still_exports(tmp_path):
+    from autocompress.export import check_parity, export_onnx
+    from zoo import batch_of
+
+    model, x = build("plain_cnn")
+    prune_(model, PruneConfig(sparsity=0.8, permanent=False))
+    path = export_onnx(model, x, tmp_path / "m.onnx")      # the enforcing hook stays out of the graph
+    check_parity(model, path, batch_of("plain_cnn", 8), atol=1e-4)
+    assert has_masks(model)

@@ -30,6 +30,8 @@ def test_structured_sensitivity_with_evaluate_fn():
     loader = make_loader("plain_cnn")
     sens = sensitivity(model, lambda m: evaluate(m, loader), ratios=(0.5,), kind="structured", example_input=x)
     assert set(sens.scores) == {"features.0", "features.3", "fc1"}       # classifier excluded
+    assert all(0 < c[0] < 1 for c in sens.costs.values())               # MACs removed, measured
+    assert SensitivityResult.from_dict(sens.to_dict()) == sens
     with pytest.raises(ValueError, match="example_input"):
         sensitivity(model, loader, kind="structured")
     with pytest.raises(ValueError, match="ratios"):
@@ -43,11 +45,22 @@ def _synthetic():
                              {"fragile": 100, "robust": 100})
 
 
-def test_allocate_ratios_prunes_sensitive_layers_less_and_meets_target():
-    r = allocate_ratios(_synthetic(), 0.7)
+@pytest.mark.parametrize("method", ["marginal", "equal_drop"])
+def test_allocate_ratios_prunes_sensitive_layers_less_and_meets_target(method):
+    r = allocate_ratios(_synthetic(), 0.7, method=method)
     assert r["fragile"] < r["robust"]
     assert (r["fragile"] + r["robust"]) / 2 == pytest.approx(0.7, abs=1e-4)
     assert max(r.values()) <= 0.95
+
+
+def test_marginal_allocation_spares_layers_whose_pruning_saves_little():
+    # same accuracy curves, but "small" holds 1 % of the weights: pruning it buys almost nothing
+    same = [0.89, 0.85, 0.7]
+    sens = SensitivityResult("unstructured", [0.5, 0.8, 0.95], 0.9, {"big": same, "small": same},
+                             {"big": 990, "small": 10})
+    r = allocate_ratios(sens, 0.75)
+    assert r["small"] < r["big"]
+    assert (990 * r["big"] + 10 * r["small"]) / 1000 == pytest.approx(0.75, abs=1e-4)
     with pytest.raises(ValueError, match="larger ratios"):
         allocate_ratios(_synthetic(), 0.97)
     with pytest.raises(ValueError, match="target"):

@@ -40,8 +40,14 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """
     model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(example)
+    # the fused attention fast path hides its matmuls from the counter: count the plain path
+    prev = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), counter:
+            model(example)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(prev)
     return counter.get_total_flops() // 2
 
 

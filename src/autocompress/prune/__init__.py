@@ -3,6 +3,10 @@
     prune_(model, PruneConfig(sparsity=0.92, schedule="polynomial", steps=4), data, finetune=...)
     prune_channels_(model, StructuredPruneConfig(target="macs", amount=0.8), example_input)
     sens = sensitivity(model, val_loader, kind="unstructured"); allocate_ratios(sens, 0.92)
+    prune_channels_(model, StructuredPruneConfig(head_ratio=0.5), x)   # whole attention heads too
+
+Fine-tuning stays the user's: every verb accepts ``finetune(model) -> model`` or a ``loss_fn``
+(see :func:`make_finetune`); masks stay enforced meanwhile and are made permanent at the end.
 """
 
 from autocompress.prune.heads import PrunedMultiheadAttention, head_scores, prune_heads_

@@ -20,8 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from autocompress.prune.importance import ImportanceName, get_importance
-from autocompress.prune.structured import (StructuredPruneConfig, StructuredPruneError, prunable_layers,
-                                           prune_channels_)
+from autocompress.prune.structured import (StructuredPruneConfig, StructuredPruneError, model_cost,
+                                           prunable_layers, prune_channels_)
 from autocompress.prune.targets import ALL_KINDS, LayerKind, find_targets, matches
 from autocompress.prune.unstructured import _lowest
 from autocompress.train import evaluate as _evaluate
@@ -41,9 +41,18 @@ class SensitivityResult:
     baseline: float
     scores: dict[str, list[float]]
     sizes: dict[str, int] = field(default_factory=dict)   # weights (unstructured) / params of the layer
+    # costs[layer][i]: fraction of the model's cost (weights, or MACs for structured) that pruning
+    # only this layer at ratios[i] removes; derived from sizes when empty
+    costs: dict[str, list[float]] = field(default_factory=dict)
 
     def drops(self, layer: str) -> list[float]:
         return [self.baseline - s for s in self.scores[layer]]
+
+    def cost_curve(self, layer: str) -> list[float]:
+        if layer in self.costs:
+            return self.costs[layer]
+        total = sum(self.sizes.get(n, 1) for n in self.scores)
+        return [self.sizes.get(layer, 1) * r / total for r in self.ratios]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +64,8 @@ class SensitivityResult:
             raise ValueError(f"SensitivityResult.from_dict: missing keys {sorted(missing)}")
         return cls(d["kind"], [float(r) for r in d["ratios"]], float(d["baseline"]),
                    {k: [float(x) for x in v] for k, v in d["scores"].items()},
-                   {k: int(v) for k, v in d.get("sizes", {}).items()})
+                   {k: int(v) for k, v in d.get("sizes", {}).items()},
+                   {k: [float(x) for x in v] for k, v in d.get("costs", {}).items()})
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1)
@@ -115,16 +125,17 @@ def _unstructured(model, evaluate, ratios, layers, exclude, kinds, importance, b
             w.copy_(saved)
             bar.update(1)
         scores[t.name], sizes[t.name] = curve, w.numel()
-    return scores, sizes
+    return scores, sizes, {}
 
 
 def _structured(model, evaluate, ratios, layers, exclude, example, importance, bar):
     base_cfg = StructuredPruneConfig(ratio=0.0, importance=importance, exclude=list(exclude))
     names = [n for n in prunable_layers(model, example, base_cfg)
              if not layers or matches(layers, n)]
-    scores, sizes = {}, {}
+    scores, sizes, costs = {}, {}, {}
+    base_macs = model_cost(model, example, "macs")
     for n in names:
-        curve = []
+        curve, cost = [], []
         for r in ratios:
             trial = copy.deepcopy(model)
             try:
@@ -135,11 +146,12 @@ def _structured(model, evaluate, ratios, layers, exclude, example, importance, b
                 curve = None
                 break
             curve.append(float(evaluate(trial)))
+            cost.append(1.0 - model_cost(trial, example, "macs") / base_macs)
             bar.update(1)
         if curve is not None:
-            scores[n] = curve
+            scores[n], costs[n] = curve, cost
             sizes[n] = sum(p.numel() for p in dict(model.named_modules())[n].parameters())
-    return scores, sizes
+    return scores, sizes, costs
 
 
 def sensitivity(model: nn.Module, evaluate: EvaluateFn | Iterable, ratios: Iterable[float] = DEFAULT_RATIOS,
@@ -165,14 +177,14 @@ def sensitivity(model: nn.Module, evaluate: EvaluateFn | Iterable, ratios: Itera
     layers, exclude = list(layers), list(exclude)
     with tqdm(desc=f"{kind} sensitivity", disable=not progress, leave=False) as bar:
         if kind == "unstructured":
-            scores, sizes = _unstructured(model, evaluate, ratios, layers, exclude, list(kinds), importance, bar)
+            scores, sizes, costs = _unstructured(model, evaluate, ratios, layers, exclude, list(kinds), importance, bar)
         else:
-            scores, sizes = _structured(model, evaluate, ratios, layers, exclude, example_input, importance, bar)
+            scores, sizes, costs = _structured(model, evaluate, ratios, layers, exclude, example_input, importance, bar)
     model.train(was)
     if not scores:
         raise ValueError(f"sensitivity: no prunable layer in {type(model).__name__} (layers={layers}, "
                          f"exclude={exclude})")
-    return SensitivityResult(kind, ratios, baseline, scores, sizes)
+    return SensitivityResult(kind, ratios, baseline, scores, sizes, costs)
 
 
 # -- allocation ------------------------------------------------------------------------------
@@ -195,40 +207,71 @@ def _ratio_at(ratios: list[float], drops: list[float], tol: float) -> float:
     return best
 
 
+def _envelope(drops: list[float]) -> list[float]:
+    """Running max: a noisy dip must not make a larger ratio look safer than a smaller one."""
+    out, env = [], 0.0
+    for d in drops:
+        env = max(env, d)
+        out.append(env)
+    return out
+
+
+def _interp(xs: list[float], ys: list[float], x: float) -> float:
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return ys[-1]
+
+
 def allocate_ratios(sens: SensitivityResult, target: float, *,
                     cost: Callable[[dict[str, float]], float] | None = None,
-                    iters: int = 40) -> dict[str, float]:
-    """Per-layer ratios reaching ``target`` with every layer at the same tolerated metric drop.
+                    method: Literal["marginal", "equal_drop"] = "marginal", iters: int = 40) -> dict[str, float]:
+    """Per-layer ratios that remove ``target`` of the cost while losing the least metric.
 
-    ``target`` is the fraction to remove as measured by ``cost(ratios) -> fraction removed``;
-    by default the size-weighted mean of the ratios (exact for unstructured sparsity over the
-    analysed layers). For structured pruning pass a cost that prunes a copy and counts MACs.
+    ``method="marginal"`` (default) equalises the metric lost *per unit of cost removed* across
+    layers (a Lagrangian relaxation over the measured curves): a sensitive layer, or one whose
+    pruning saves little (a small output layer; a cheap conv), is pruned less.
+    ``method="equal_drop"`` prunes every layer up to the same tolerated drop (Han et al. 2015).
+    ``target`` is measured by ``cost(ratios) -> fraction removed``; by default the sum of the
+    per-layer cost curves (exact for unstructured sparsity over the analysed layers). For
+    structured pruning pass :func:`removal_fn` so a MAC target is met exactly.
     Ratios never exceed the largest ratio that was analysed (no extrapolation).
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"allocate_ratios: target must be in (0, 1), got {target}")
+    if method not in ("marginal", "equal_drop"):
+        raise ValueError(f"allocate_ratios: method must be 'marginal' or 'equal_drop', got {method!r}")
     layers = list(sens.scores)
+    xs = [0.0, *sens.ratios]
+    env = {n: [0.0, *_envelope(sens.drops(n))] for n in layers}
+    cst = {n: [0.0, *sens.cost_curve(n)] for n in layers}
     if cost is None:
-        total = sum(sens.sizes.get(n, 1) for n in layers)
-        cost = lambda rs: sum(rs[n] * sens.sizes.get(n, 1) for n in layers) / total  # noqa: E731
+        cost = lambda rs: sum(_interp(xs, cst[n], rs[n]) for n in layers)  # noqa: E731
 
-    def at(tol: float) -> dict[str, float]:
-        return {n: _ratio_at(sens.ratios, sens.drops(n), tol) for n in layers}
-
-    hi_tol = max(max(sens.drops(n)) for n in layers) + 1e-9
-    if cost(at(hi_tol)) < target:
+    if method == "equal_drop":
+        def at(knob: float) -> dict[str, float]:      # knob = tolerated drop
+            return {n: _ratio_at(sens.ratios, sens.drops(n), knob) for n in layers}
+        lo = min(0.0, min(min(sens.drops(n)) for n in layers)) - 1e-9
+        hi = max(max(sens.drops(n)) for n in layers) + 1e-9
+    else:
+        def at(knob: float) -> dict[str, float]:      # knob = log10 of the price of cost in metric
+            mu = 10.0 ** knob
+            # lowest drop - mu * cost over the measured points; ties go to the smaller ratio
+            return {n: xs[min(range(len(xs)), key=lambda i: (env[n][i] - mu * cst[n][i], xs[i]))]
+                    for n in layers}
+        lo, hi = -8.0, 8.0
+    if cost(at(hi)) < target:
         raise ValueError(f"allocate_ratios: even at the largest analysed ratio ({max(sens.ratios)}) only "
-                         f"{cost(at(hi_tol)):.1%} is removed < target {target:.1%}; analyse larger ratios")
-    lo, hi = min(0.0, min(min(sens.drops(n)) for n in layers)) - 1e-9, hi_tol
+                         f"{cost(at(hi)):.1%} is removed < target {target:.1%}; analyse larger ratios")
     for _ in range(iters):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if cost(at(mid)) >= target else (mid, hi)
-    # at a plateau of the curves the cost jumps between at(lo) and at(hi): blend to hit the target
+    # between two neighbouring solutions the cost jumps: blend them to hit the target
     a, b = at(lo), at(hi)
     lo_w, hi_w = 0.0, 1.0
     for _ in range(iters):
         w = (lo_w + hi_w) / 2
         lo_w, hi_w = (lo_w, w) if cost({n: a[n] + w * (b[n] - a[n]) for n in layers}) >= target else (w, hi_w)
     out = {n: a[n] + hi_w * (b[n] - a[n]) for n in layers}
-    log.info("allocated ratios (tolerated drop %.4f): %s", hi, {n: round(r, 3) for n, r in out.items()})
+    log.info("allocated ratios (%s): %s", method, {n: round(r, 3) for n, r in out.items()})
     return out

@@ -133,7 +133,8 @@ STEPS: list[tuple[Callable[[Recipe], bool], Callable]] = [
 
 def _share(recipe: Recipe, weight: float) -> float:
     """Split the recipe's fine-tuning budget between the active lossy steps."""
-    active = sum(1 for on, _ in STEPS if on(recipe))
+    # post-training int8 does not train: it takes no share of the budget
+    active = sum(1 for on, step in STEPS if on(recipe) and not (step is _quantize and recipe.quant == "int8"))
     return recipe.finetune_epochs * (1.0 if active <= 1 else max(weight, 1.0 / active))
 
 
