@@ -184,11 +184,8 @@ def _sensitivity(model, ctx: TrialContext, techniques, path: Path) -> dict:
 def _study(url: str, seed: int, budget: Budget, shared: _Shared, resume: bool):
     import optuna
 
-    def constraints(trial: "optuna.trial.FrozenTrial") -> list[float]:
-        return trial.user_attrs.get("constraints", [1.0])
-
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=constraints,
-                                         n_startup_trials=5)
+    # constraints reach the sampler through trial.set_constraint (see _set_constraints)
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
     if not resume and url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         if db.exists():
@@ -233,7 +230,10 @@ def _trial(trial, shared: _Shared):
     trial.set_user_attr("val_accuracy", acc)
     if acc < floor - 0.05:
         # hopeless on accuracy: skip the expensive export/measurement, tell the sampler why
-        trial.set_user_attr("constraints", [floor - acc, 0.0, 0.0])
+        # same constraint names as a measured trial (the sampler compares them); others unmeasured
+        names = _constraint_values(shared, {"accuracy": acc, "size_bytes": 1, "latency_ms": 1.0},
+                                   dict(shared.base, latency_ms=1.0))
+        _set_constraints(trial, {k: (floor - acc if k == "accuracy" else 0.0) for k in names})
         trial.set_user_attr("note", f"val accuracy {100 * acc:.2f} % far below floor {100 * floor:.2f} %")
         raise optuna.TrialPruned(trial.user_attrs["note"])
     tdir = Path(tempfile.mkdtemp(prefix=f"trial{trial.number}-", dir=shared.ctx.work_dir))
@@ -254,25 +254,31 @@ def _trial(trial, shared: _Shared):
     trial.set_user_attr("latency_ms", lat)
     trial.set_user_attr("base_latency_ms", base_lat)
     trial.set_user_attr("violations", viol)
-    trial.set_user_attr("constraints", _constraint_values(shared, cand, base))
+    _set_constraints(trial, _constraint_values(shared, cand, base))
     trial.set_user_attr("duration_s", time.time() - t0)
     _keep_if_best(trial, shared, model, recipe, art, not viol)
     lat_ratio = (lat / base_lat) if (lat and base_lat) else 1.0
     return acc, float(size), float(lat_ratio)
 
 
-def _constraint_values(shared: _Shared, cand: dict, base: dict) -> list[float]:
+def _set_constraints(trial, values: dict[str, float]) -> None:
+    for k, v in values.items():
+        trial.set_constraint(k, float(v))
+    trial.set_user_attr("constraints", list(values.values()))   # kept for ranking "best so far"
+
+
+def _constraint_values(shared: _Shared, cand: dict, base: dict) -> dict[str, float]:
     """Optuna constraint form: each value <= 0 means satisfied (scaled to be comparable)."""
     b = shared.budget
-    out = [shared.budget.allowed_accuracy(base["accuracy"]) - cand["accuracy"]]
+    out = {"accuracy": shared.budget.allowed_accuracy(base["accuracy"]) - cand["accuracy"]}
     if b.min_size_ratio is not None:
-        out.append(b.min_size_ratio / (base["fp32_bytes"] / cand["size_bytes"]) - 1.0)
+        out["size_ratio"] = b.min_size_ratio / (base["fp32_bytes"] / cand["size_bytes"]) - 1.0
     if b.max_size_bytes is not None:
-        out.append(cand["size_bytes"] / b.max_size_bytes - 1.0)
+        out["size_bytes"] = cand["size_bytes"] / b.max_size_bytes - 1.0
     if b.min_speedup is not None and cand["latency_ms"] and base["latency_ms"]:
-        out.append(b.min_speedup / (base["latency_ms"] / cand["latency_ms"]) - 1.0)
+        out["speedup"] = b.min_speedup / (base["latency_ms"] / cand["latency_ms"]) - 1.0
     if b.max_latency_ms is not None and cand["latency_ms"]:
-        out.append(cand["latency_ms"] / b.max_latency_ms - 1.0)
+        out["latency_ms"] = cand["latency_ms"] / b.max_latency_ms - 1.0
     return out
 
 
