@@ -176,3 +176,14 @@ def test_latency_slower_model_measures_slower(tmp_path):
     lat = measure_latency({"small": ps, "big": pb}, (256,), batch_sizes=(1, 64), runs=30, warmup=3)
     for b in (1, 64):
         assert lat["big"][b].median_ms > lat["small"][b].median_ms
+
+
+def test_import_is_lean_and_verbs_resolve():
+    import subprocess
+    import sys
+    code = ("import sys, autocompress as ac; "
+            "heavy = [m for m in ('onnx', 'onnxruntime', 'optuna', 'torch_pruning', 'matplotlib') if m in sys.modules]; "
+            "assert not heavy, heavy; "
+            "assert callable(ac.prune_) and callable(ac.quantize_) and callable(ac.compress); "
+            "assert ac.Budget(max_drop=0.2).max_drop == 0.2")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,8 +1,13 @@
 """autocompress: automatic neural-network compression, measured on ONNX Runtime.
 
-Public surface; implementation modules are private-by-convention. Importing this package stays
-lean: heavy runtimes (onnxruntime, optuna, matplotlib) load only when a feature needs them.
+Public surface. Importing the package stays lean: the techniques and the search (which pull in
+torch-pruning, optuna, onnx, onnxruntime) load on first use of their names.
+
+    import autocompress as ac
+    result = ac.compress(model, ac.load_mnist(), ac.Budget(max_drop=0.3, min_size_ratio=20))
 """
+
+from importlib import import_module
 
 from autocompress.config import Config, ConfigError
 from autocompress.data import DataError, Splits, from_datasets, load_mnist, load_npz
@@ -10,5 +15,28 @@ from autocompress.train import TrainConfig, evaluate, fit
 
 __version__ = "0.1.0"
 
+# name -> module that defines it (one verb per technique, plus the automatic loop)
+_LAZY = {
+    "prune_": "autocompress.prune", "PruneConfig": "autocompress.prune",
+    "prune_channels_": "autocompress.prune", "StructuredPruneConfig": "autocompress.prune",
+    "sensitivity": "autocompress.prune",
+    "quantize_": "autocompress.quantize", "PTQConfig": "autocompress.quantize",
+    "qat_": "autocompress.quantize", "QATConfig": "autocompress.quantize",
+    "factorize_": "autocompress.factorize", "FactorizeConfig": "autocompress.factorize",
+    "cluster_": "autocompress.encode", "ClusterConfig": "autocompress.encode",
+    "save_compressed": "autocompress.encode", "load_compressed": "autocompress.encode",
+    "distill": "autocompress.distill", "DistillConfig": "autocompress.distill",
+    "export_onnx": "autocompress.export", "check_parity": "autocompress.export",
+    "compress": "autocompress.search", "apply_recipe": "autocompress.search",
+    "Budget": "autocompress.search", "Recipe": "autocompress.search", "Result": "autocompress.search",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autocompress' has no attribute {name!r}")
+
+
 __all__ = ["Config", "ConfigError", "DataError", "Splits", "TrainConfig", "evaluate", "fit",
-           "from_datasets", "load_mnist", "load_npz", "__version__"]
+           "from_datasets", "load_mnist", "load_npz", "__version__", *_LAZY]

@@ -38,6 +38,7 @@ class TrialContext:
     sensitivity: dict = field(default_factory=dict)
     # builds the user's architecture (for the storage artifact of a model class it cannot describe)
     model_factory: Callable[[], nn.Module] | None = None
+    teacher_cache: nn.Module | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,20 @@ def loss_for(recipe: Recipe, ctx: TrialContext):
     if not recipe.distill:
         return None
     from autocompress.distill import DistillConfig, distillation_loss
-    return distillation_loss(ctx.teacher, DistillConfig())
+    # T=2, alpha=0.5: the original is nearly one-hot on its own training images, so a hotter
+    # temperature or a heavier soft weight recovered less in short fine-tunes (bench_storage)
+    return distillation_loss(_cached_teacher(ctx), DistillConfig(temperature=2.0, alpha=0.5))
+
+
+def _cached_teacher(ctx: TrialContext) -> nn.Module:
+    """The teacher's logits on the training inputs, computed once per search: every distilled
+    fine-tune then skips the teacher's forward pass (unseen inputs still go through it)."""
+    if ctx.teacher_cache is None:
+        from torch.utils.data import DataLoader
+        from autocompress.distill.api import CachedTeacher
+        xs = torch.cat([x for x, _ in DataLoader(ctx.train_set, batch_size=2048)])
+        ctx.teacher_cache = CachedTeacher(ctx.teacher, xs)
+    return ctx.teacher_cache
 
 
 def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, hooks=(),
