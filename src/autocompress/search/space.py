@@ -20,7 +20,7 @@ CHOICES: dict[str, tuple[str | None, list, object]] = {
     "quant": ("quantize", ["none", "int8", "qat"], "none"),
     "weight_bits": ("quantize", [2, 4, 8], 8),
     "distill": ("distill", [True, False], False),
-    "finetune_epochs": (None, [0.5, 1.0, 2.0, 3.0], 1.0),
+    "finetune_epochs": (None, [0.5, 1.0, 2.0, 4.0, 8.0], 1.0),
 }
 
 
@@ -77,13 +77,13 @@ def seed_recipes(budget: Budget, techniques: Sequence[str], quick: bool = False)
             q = "int8" if "quantize" in has else "none"
             seeds += [Recipe(structured_ratio=0.5, quant=q, distill=d, finetune_epochs=1.0),
                       Recipe(structured_ratio=0.7, quant=q, distill=d, finetune_epochs=2.0),
-                      Recipe(structured_ratio=0.8, quant=q, distill=d, finetune_epochs=3.0)]
+                      Recipe(structured_ratio=0.8, quant=q, distill=d, finetune_epochs=4.0)]
     if budget.objective in ("smallest", "pareto") or budget.min_size_ratio or budget.max_size_bytes:
         if "prune" in has and "cluster" in has:
             seeds += [Recipe(sparsity=0.8, cluster_bits=5, distill=d, finetune_epochs=1.0),
-                      Recipe(sparsity=0.9, cluster_bits=5, distill=d, finetune_epochs=1.0),
-                      Recipe(sparsity=0.94, cluster_bits=4, distill=d, finetune_epochs=2.0),
-                      Recipe(sparsity=0.96, cluster_bits=4, distill=d, finetune_epochs=3.0)]
+                      Recipe(sparsity=0.9, cluster_bits=4, distill=d, finetune_epochs=2.0),
+                      Recipe(sparsity=0.94, cluster_bits=4, distill=d, finetune_epochs=4.0),
+                      Recipe(sparsity=0.96, cluster_bits=3, distill=d, finetune_epochs=8.0)]
         elif "prune" in has:
             seeds += [Recipe(sparsity=0.9, distill=d, finetune_epochs=1.0),
                       Recipe(sparsity=0.94, distill=d, finetune_epochs=2.0)]

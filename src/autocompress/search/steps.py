@@ -73,7 +73,7 @@ def _cached_teacher(ctx: TrialContext) -> nn.Module:
 
 
 def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, hooks=(),
-          desc: str = "fine-tune") -> nn.Module:
+          desc: str = "fine-tune", lr_scale: float = 1.0) -> nn.Module:
     """Fine-tune with the user's loop when given, else ours (distilled from the original)."""
     if epochs <= 0:
         return model
@@ -82,7 +82,7 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
         for h in hooks:  # the user's loop knows nothing of masks / codebooks: re-impose them
             h(model)
         return model
-    cfg = TrainConfig(epochs=epochs, lr=recipe.lr, batch_size=128, seed=ctx.seed, progress=False)
+    cfg = TrainConfig(epochs=epochs, lr=recipe.lr * lr_scale, batch_size=128, seed=ctx.seed, progress=False)
     return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc)
 
 
@@ -95,32 +95,39 @@ def _structured(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Modul
     profile = dict(recipe.layer_ratios) or _allocate(ctx.sensitivity.get("structured"), recipe.structured_ratio)
     cfg = StructuredPruneConfig(target="macs", amount=recipe.structured_ratio, per_layer=profile)
     model = prune_channels_(model, cfg, ctx.example)
-    return train(model, recipe, ctx, _share(recipe, 0.5), desc="recover channels")
+    return train(model, recipe, ctx, _share(recipe, _structured), desc="recover channels")
 
 
 def _factorize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     from autocompress.factorize import FactorizeConfig, factorize_
     model = factorize_(model, FactorizeConfig(energy=recipe.rank_energy))
-    return train(model, recipe, ctx, _share(recipe, 0.3), desc="recover low-rank")
+    return train(model, recipe, ctx, _share(recipe, _factorize), desc="recover low-rank")
 
 
 def _sparsify(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
-    """Reach ``sparsity`` gradually (polynomial schedule, fine-tuning between rounds); per-layer
-    sparsities follow the sensitivity curves, else one global magnitude threshold."""
-    from autocompress.prune import PruneConfig, prune_
-    epochs = _share(recipe, 0.6)
-    steps = 1 if epochs <= 0 else 4
+    """Reach ``sparsity`` gradually (polynomial schedule over 3 rounds with fine-tuning between),
+    then a longer, gentler fine-tune with the masks enforced before the zeros become permanent
+    (Han et al.'s iterative prune/retrain). Per-layer sparsities follow the sensitivity curves,
+    else one global magnitude threshold."""
+    from autocompress.prune import PruneConfig, make_permanent, prune_
+    epochs = _share(recipe, _sparsify)
+    steps = 1 if epochs <= 0 else 3
     per_layer = _allocate(ctx.sensitivity.get("prune"), recipe.sparsity)
     cfg = PruneConfig(sparsity=recipe.sparsity, scope="layer" if per_layer else "global", per_layer=per_layer,
-                      schedule="polynomial" if steps > 1 else "oneshot", steps=steps)
-    tune = (lambda m: train(m, recipe, ctx, epochs / steps, desc="prune round")) if epochs > 0 else None
-    return prune_(model, cfg, ctx.train_set, finetune=tune)
+                      schedule="polynomial" if steps > 1 else "oneshot", steps=steps, permanent=False)
+    tune = (lambda m: train(m, recipe, ctx, 0.4 * epochs / steps, desc="prune round")) if epochs > 0 else None
+    model = prune_(model, cfg, ctx.train_set, finetune=tune)
+    model = train(model, recipe, ctx, 0.6 * epochs, desc="recover sparse", lr_scale=0.3)
+    return make_permanent(model)
 
 
 def _cluster(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     from autocompress.encode import ClusterConfig, cluster_, cluster_hooks, strip_clusters_
-    model = cluster_(model, ClusterConfig(bits=recipe.cluster_bits))
-    model = train(model, recipe, ctx, _share(recipe, 0.3), hooks=cluster_hooks(model), desc="tune centroids")
+    # convolutions hold few weights but are sensitive: one bit more for them (the paper: 8 conv / 5 fc)
+    cfg = ClusterConfig(bits=recipe.cluster_bits, conv_bits=min(8, recipe.cluster_bits + 1))
+    model = cluster_(model, cfg)
+    model = train(model, recipe, ctx, _share(recipe, _cluster), hooks=cluster_hooks(model), desc="tune centroids",
+                  lr_scale=0.1)
     return strip_clusters_(model)
 
 
@@ -132,24 +139,26 @@ def _quantize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     from autocompress.quantize import QATConfig, qat_
     cfg = QATConfig(weight_bits=recipe.weight_bits, act_bits=recipe.act_bits)
     return qat_(model, cfg, ctx.train_set, calibration_data=calib,
-                finetune=lambda m: train(m, recipe, ctx, _share(recipe, 0.5), desc="QAT"))
+                finetune=lambda m: train(m, recipe, ctx, _share(recipe, _quantize), desc="QAT"))
 
 
-# recipe field that switches the step on -> step, in the order they run
-STEPS: list[tuple[Callable[[Recipe], bool], Callable]] = [
-    (lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), _structured),
-    (lambda r: r.rank_energy is not None, _factorize),
-    (lambda r: r.sparsity > 0, _sparsify),
-    (lambda r: r.cluster_bits is not None, _cluster),
-    (lambda r: r.quant != "none", _quantize),
+# (recipe switches the step on, step, its weight in the fine-tuning budget), in the order they run
+STEPS: list[tuple[Callable[[Recipe], bool], Callable, float]] = [
+    (lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), _structured, 0.5),
+    (lambda r: r.rank_energy is not None, _factorize, 0.3),
+    (lambda r: r.sparsity > 0, _sparsify, 0.6),
+    (lambda r: r.cluster_bits is not None, _cluster, 0.15),
+    (lambda r: r.quant == "qat", _quantize, 0.4),        # int8 PTQ trains nothing: no share
+    (lambda r: r.quant == "int8", _quantize, 0.0),
 ]
 
 
-def _share(recipe: Recipe, weight: float) -> float:
-    """Split the recipe's fine-tuning budget between the active lossy steps."""
-    # post-training int8 does not train: it takes no share of the budget
-    active = sum(1 for on, step in STEPS if on(recipe) and not (step is _quantize and recipe.quant == "int8"))
-    return recipe.finetune_epochs * (1.0 if active <= 1 else max(weight, 1.0 / active))
+def _share(recipe: Recipe, step: Callable) -> float:
+    """This step's part of the recipe's fine-tuning epochs (shares of the active steps sum to 1)."""
+    active = [(fn, w) for on, fn, w in STEPS if on(recipe)]
+    total = sum(w for _, w in active)
+    mine = sum(w for fn, w in active if fn is step)
+    return recipe.finetune_epochs * mine / total if total > 0 else 0.0
 
 
 def _allocate(sens: dict | None, target: float) -> dict[str, float]:
@@ -165,7 +174,7 @@ def _allocate(sens: dict | None, target: float) -> dict[str, float]:
 
 def apply_recipe_steps(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     torch.manual_seed(ctx.seed)
-    for on, step in STEPS:
+    for on, step, _ in STEPS:
         if on(recipe):
             model = step(model, recipe, ctx)
     return model.eval()
