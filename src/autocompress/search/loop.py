@@ -166,17 +166,30 @@ def _copier(model: nn.Module) -> Callable[[], nn.Module]:
     return lambda: copy.deepcopy(template)
 
 
+def _fingerprint(model: nn.Module, techniques) -> str:
+    import hashlib
+    h = hashlib.sha256(repr(sorted(techniques)).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _sensitivity(model, ctx: TrialContext, techniques, path: Path) -> dict:
-    """Per-layer sensitivity, cached on disk: a resumed or repeated run does not pay for it again."""
+    """Per-layer sensitivity, cached on disk for this exact model (weights fingerprint): a resumed
+    or repeated run does not pay for it again, a retrained model does not reuse stale curves."""
+    fp = _fingerprint(model, techniques)
     if path.exists():
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            cached = json.loads(path.read_text())
+            if cached.get("fingerprint") == fp:
+                return cached["sensitivity"]
+        except (json.JSONDecodeError, AttributeError, KeyError):
             log.warning("ignoring unreadable sensitivity cache %s", path)
     from autocompress.search.steps import measure_sensitivity
     sens = measure_sensitivity(model, ctx, techniques)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(sens, indent=1))
+    tmp.write_text(json.dumps({"fingerprint": fp, "sensitivity": sens}, indent=1))
     os.replace(tmp, path)
     return sens
 
@@ -196,6 +209,11 @@ def _study(url: str, seed: int, budget: Budget, shared: _Shared, resume: bool):
             best = shared.out_dir / "best"
             if best.exists():
                 best.rename(shared.out_dir / f"best-{stamp}")
+    elif not resume:
+        names = {st.study_name for st in optuna.get_all_study_summaries(url)}
+        if shared.study_name in names:
+            raise ValueError(f"study {shared.study_name!r} already exists in {url.split('@')[-1]}: pass "
+                             f"resume=True to continue it, or another study_name for a new search")
     return optuna.create_study(study_name=shared.study_name, storage=url, load_if_exists=True, sampler=sampler,
                                directions=["maximize", "minimize", "minimize"])
 
