@@ -122,3 +122,16 @@ def test_two_workers_share_a_postgres_study(tiny, tmp_path):
     workers = {t.user_attrs.get("worker") for t in study.trials}
     assert len(study.trials) == 4 and len(workers) == 2
     assert res.recipe is not None
+
+
+def test_apply_mixed_precision_recipe_reports_per_layer_precision(tiny, tmp_path):
+    from autocompress.search import apply_recipe
+    model, data = tiny
+    res = apply_recipe(model, Recipe(quant="mixed", weight_bits=4), data, out_dir=tmp_path, quick=True,
+                       budget=Budget(max_drop=1.0))
+    layers = res.to_dict()["layers"]
+    assert {"1", "3"} <= set(layers)                      # the two Linear layers of the tiny MLP
+    assert all(layers[n]["bits"] in (4, 8, 32) for n in ("1", "3"))
+    assert all("mixed precision" in (layers[n]["precision_reason"] or "") for n in ("1", "3"))
+    assert (tmp_path / "model.onnx").exists()
+    assert abs(res.final.ort_accuracy["test"] - res.final.accuracy["test"]) <= 0.002

@@ -70,11 +70,14 @@ def layer_table(model, sensitivity: dict) -> dict[str, dict]:
 
     layers: dict[str, dict] = {}
     if model is not None:
+        wrapped = {n for n, m in model.named_modules() if hasattr(m, "w_q")}
         for name, m in model.named_modules():
+            if name.rpartition(".")[0] in wrapped:   # the float layer inside a quantization wrapper
+                continue
             w = getattr(m, "weight", None)
             if isinstance(w, nn.Parameter) and w.dim() > 1:
                 layers[name] = {"sparsity": float((w == 0).float().mean()), "bits": _bits_of(m),
-                                "precision_reason": getattr(m, "precision_reason", None), "sensitivity": {}}
+                                "precision_reason": getattr(m, "reason", None), "sensitivity": {}}
     from autocompress.search.steps import sensitivity_curves
     for tech, per_layer in sensitivity_curves(sensitivity).items():
         if isinstance(per_layer, dict):

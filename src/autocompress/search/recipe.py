@@ -11,7 +11,7 @@ from typing import Literal
 
 from autocompress.config import Config, ConfigError
 
-Quant = Literal["none", "int8", "qat"]
+Quant = Literal["none", "int8", "mixed", "qat"]
 
 
 @dataclass
@@ -23,7 +23,9 @@ class Recipe(Config):
     2. ``rank_energy``: low-rank factorization keeping this fraction of each layer's spectral energy.
     3. ``sparsity``: fraction of weights zeroed (unstructured), reached gradually while fine-tuning.
     4. ``cluster_bits``: weight sharing with 2**bits centroids per layer (storage artifact).
-    5. ``quant``: ``int8`` post-training static quantization, or ``qat`` at ``weight_bits``.
+    5. ``quant``: ``int8`` post-training static quantization; ``mixed``: per-layer precision
+       (``weight_bits`` where the layer tolerates it, else int8 or fp32, chosen on validation);
+       or ``qat``: quantization-aware training at ``weight_bits``.
     Fine-tuning (``finetune_epochs``) follows each lossy step, distilled from the original model
     when ``distill`` is set.
     """
@@ -79,6 +81,8 @@ class Recipe(Config):
             parts.append("int8 PTQ")
         elif self.quant == "qat":
             parts.append(f"QAT w{self.weight_bits}a{self.act_bits}")
+        elif self.quant == "mixed":
+            parts.append(f"mixed precision (w{self.weight_bits}/w8/fp32)")
         if self.distill and (parts and not self.is_post_training):
             parts.append("distilled")
         return ", ".join(parts) or "fp32 (no change)"

@@ -17,7 +17,7 @@ CHOICES: dict[str, tuple[str | None, list, object]] = {
     "rank_energy": ("factorize", [1.0, 0.99, 0.97, 0.95, 0.9], 1.0),
     "sparsity": ("prune", [0.0, 0.5, 0.7, 0.8, 0.9, 0.92, 0.94, 0.96, 0.97], 0.0),
     "cluster_bits": ("cluster", [0, 3, 4, 5, 6], 0),
-    "quant": ("quantize", ["none", "int8", "qat"], "none"),
+    "quant": ("quantize", ["none", "int8", "mixed", "qat"], "none"),
     "weight_bits": ("quantize", [2, 4, 8], 8),
     "distill": ("distill", [True, False], False),
     "finetune_epochs": (None, [0.5, 1.0, 2.0, 4.0, 8.0], 1.0),
@@ -41,7 +41,7 @@ def from_params(p: dict) -> Recipe:
         sparsity=float(p.get("sparsity", 0.0)),
         cluster_bits=int(p.get("cluster_bits", 0)) or None,
         quant=p.get("quant", "none"),
-        weight_bits=int(p.get("weight_bits", 8)) if p.get("quant") == "qat" else 8,
+        weight_bits=int(p.get("weight_bits", 8)) if p.get("quant") in ("qat", "mixed") else 8,
         distill=bool(p.get("distill", False)),
         finetune_epochs=float(p.get("finetune_epochs", 1.0)),
     )

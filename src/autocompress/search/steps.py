@@ -136,6 +136,16 @@ def _quantize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     if recipe.quant == "int8":
         from autocompress.quantize import PTQConfig, quantize_
         return quantize_(model, PTQConfig(weight_bits=8, act_bits=8), calib)
+    if recipe.quant == "mixed":
+        # every layer starts at the low precision; the most sensitive go up (w8, then fp32) until
+        # the validation accuracy holds within half the budget (the other half is for the rest)
+        from autocompress.quantize import MixedPrecisionConfig, Precision, mixed_precision_
+        levels = [Precision(recipe.weight_bits, recipe.act_bits), Precision(8, 8), Precision(None, None)]
+        if recipe.weight_bits == 8:
+            levels = levels[1:]
+        mixed_precision_(model, MixedPrecisionConfig(levels=levels, max_drop=ctx.budget.max_drop / 200),
+                         calib, ctx.evaluate)
+        return model
     from autocompress.quantize import QATConfig, qat_
     cfg = QATConfig(weight_bits=recipe.weight_bits, act_bits=recipe.act_bits)
     return qat_(model, cfg, ctx.train_set, calibration_data=calib,
@@ -149,7 +159,7 @@ STEPS: list[tuple[Callable[[Recipe], bool], Callable, float]] = [
     (lambda r: r.sparsity > 0, _sparsify, 0.6),
     (lambda r: r.cluster_bits is not None, _cluster, 0.15),
     (lambda r: r.quant == "qat", _quantize, 0.4),        # int8 PTQ trains nothing: no share
-    (lambda r: r.quant == "int8", _quantize, 0.0),
+    (lambda r: r.quant in ("int8", "mixed"), _quantize, 0.0),
 ]
 
 
