@@ -105,8 +105,9 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     shared.study_name = study_name
     study = _study(url, seed, budget, shared, resume)
     if not resume or len(study.trials) == 0:
-        for r in (seeds if seeds is not None else space_mod.seed_recipes(budget, shared.techniques, quick)):
-            study.enqueue_trial(space_mod.to_params(r, shared.techniques), skip_if_exists=True)
+        useful = space_mod.useful(budget, shared.techniques)
+        for r in (seeds if seeds is not None else space_mod.seed_recipes(budget, useful, quick)):
+            study.enqueue_trial(space_mod.to_params(r, useful), skip_if_exists=True)
     # interrupted / crashed trials do not use up the trial budget; finished ones do
     done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     n_left = None if budget.max_trials is None else max(budget.max_trials - done, 0)
@@ -198,7 +199,8 @@ def _study(url: str, seed: int, budget: Budget, shared: _Shared, resume: bool):
     import optuna
 
     # constraints reach the sampler through trial.set_constraint (see _set_constraints)
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    # the seed recipes are the start-up trials: the model-based sampler takes over right after them
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=3)
     if not resume and url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         if db.exists():

@@ -24,8 +24,24 @@ CHOICES: dict[str, tuple[str | None, list, object]] = {
 }
 
 
+def useful(budget: Budget, techniques: Sequence[str]) -> tuple[str, ...]:
+    """The techniques that can serve this budget. ONNX Runtime runs sparse and clustered weights
+    densely, so they cannot make a model faster; physically removed channels are a poor way to
+    make it small next to sparsity + clustering. A budget with both a size and a speed target
+    keeps everything."""
+    size = budget.min_size_ratio is not None or budget.max_size_bytes is not None or budget.objective == "smallest"
+    speed = budget.min_speedup is not None or budget.max_latency_ms is not None or budget.objective == "fastest"
+    drop = set()
+    if speed and not size:
+        drop |= {"prune", "cluster"}
+    if size and not speed:
+        drop |= {"structured"}
+    return tuple(t for t in techniques if t not in drop)
+
+
 def sample(trial, budget: Budget, techniques: Sequence[str]) -> Recipe:
     p = {}
+    techniques = useful(budget, techniques)
     for name, (tech, choices, off) in CHOICES.items():
         if tech is None or tech in techniques:
             p[name] = trial.suggest_categorical(name, choices)
