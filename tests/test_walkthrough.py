@@ -37,11 +37,13 @@ def test_run_apply_check_walkthrough(tmp_path, monkeypatch):
                  "--weights", str(EXAMPLES / "weights" / "custom_cnn_v2.safetensors"), "--out", "sprint2"]) == 0
     assert json.loads((tmp_path / "sprint2" / "report.json").read_text())["trials"][0]["state"] == "complete"
 
-    # 3. check passes for the new sprint's artifact against the kept report
+    # 3. check passes for the new sprint's artifact against the kept report (a retrained model's
+    #    artifact may come out a few percent larger: the team sets the size tolerance it accepts)
     assert main(["-q", "check", "--config", "cfg.yaml",
                  "--weights", str(EXAMPLES / "weights" / "custom_cnn_v2.safetensors"),
                  "--artifact", "sprint2/model.acz", "--baseline", str(run / "report.json"),
-                 "--summary", "ok.md", "--junit", "ok.xml"]) == 0
+                 "--tol-size", "0.25", "--summary", "ok.md", "--junit", "ok.xml"]) == 0, \
+        (tmp_path / "ok.md").read_text()
     assert "failures=\"0\"" in (tmp_path / "ok.xml").read_text()
 
     # 4. ... and fails on a regressed model (untrained weights), saying why
