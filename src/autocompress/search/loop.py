@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -71,6 +72,7 @@ class _Shared:
     base_onnx: Path
     quick: bool
     study_name: str = STUDY
+    best_model: tuple[int, nn.Module] | None = None
 
 
 def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
@@ -257,26 +259,29 @@ def _trial(trial, shared: _Shared):
         trial.set_user_attr("note", f"val accuracy {100 * acc:.2f} % far below floor {100 * floor:.2f} %")
         raise optuna.TrialPruned(trial.user_attrs["note"])
     tdir = Path(tempfile.mkdtemp(prefix=f"trial{trial.number}-", dir=shared.ctx.work_dir))
-    art = deploy(model, recipe, shared.ctx, tdir)
-    size = art["storage_bytes"] if shared.budget.size_of == "storage" else art["onnx_bytes"]
-    lat = base_lat = None
-    if shared.budget.needs_latency():
-        runs = 20 if shared.quick else 60
-        m = measure_latency({"base": shared.base_onnx, "cand": art["onnx"]}, tuple(shared.data.input_shape),
-                            (shared.budget.latency_batch,), threads=shared.budget.threads, runs=runs)
-        lat, base_lat = m["cand"][shared.budget.latency_batch].median_ms, m["base"][shared.budget.latency_batch].median_ms
-    cand = {"accuracy": acc, "size_bytes": size, "latency_ms": lat}
-    base = dict(shared.base, latency_ms=base_lat)
-    viol = shared.budget.violations(base, cand)
-    trial.set_user_attr("size_bytes", int(size))
-    trial.set_user_attr("onnx_bytes", int(art["onnx_bytes"]))
-    trial.set_user_attr("storage_bytes", int(art["storage_bytes"]))
-    trial.set_user_attr("latency_ms", lat)
-    trial.set_user_attr("base_latency_ms", base_lat)
-    trial.set_user_attr("violations", viol)
-    _set_constraints(trial, _constraint_values(shared, cand, base))
-    trial.set_user_attr("duration_s", time.time() - t0)
-    _keep_if_best(trial, shared, model, recipe, art, not viol)
+    try:
+        art = deploy(model, recipe, shared.ctx, tdir)
+        size = art["storage_bytes"] if shared.budget.size_of == "storage" else art["onnx_bytes"]
+        lat = base_lat = None
+        if shared.budget.needs_latency():
+            runs = 20 if shared.quick else 60
+            m = measure_latency({"base": shared.base_onnx, "cand": art["onnx"]}, tuple(shared.data.input_shape),
+                                (shared.budget.latency_batch,), threads=shared.budget.threads, runs=runs)
+            lat, base_lat = m["cand"][shared.budget.latency_batch].median_ms, m["base"][shared.budget.latency_batch].median_ms
+        cand = {"accuracy": acc, "size_bytes": size, "latency_ms": lat}
+        base = dict(shared.base, latency_ms=base_lat)
+        viol = shared.budget.violations(base, cand)
+        trial.set_user_attr("size_bytes", int(size))
+        trial.set_user_attr("onnx_bytes", int(art["onnx_bytes"]))
+        trial.set_user_attr("storage_bytes", int(art["storage_bytes"]))
+        trial.set_user_attr("latency_ms", lat)
+        trial.set_user_attr("base_latency_ms", base_lat)
+        trial.set_user_attr("violations", viol)
+        _set_constraints(trial, _constraint_values(shared, cand, base))
+        trial.set_user_attr("duration_s", time.time() - t0)
+        _keep_if_best(trial, shared, model, recipe, art, not viol)
+    finally:
+        shutil.rmtree(tdir, ignore_errors=True)   # the best trial's files were copied to best/
     lat_ratio = (lat / base_lat) if (lat and base_lat) else 1.0
     return acc, float(size), float(lat_ratio)
 
@@ -333,6 +338,7 @@ def _keep_if_best(trial, shared: _Shared, model, recipe, art, feasible: bool) ->
                 return
         except (json.JSONDecodeError, KeyError):
             pass
+    shared.best_model = (trial.number, model)   # this process's copy, exactly as deployed
     for key, name in (("onnx", "model.onnx"), ("storage", "model.acz")):
         tmp = best_dir / (name + ".tmp")
         tmp.write_bytes(Path(art[key]).read_bytes())

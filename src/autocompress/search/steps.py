@@ -234,8 +234,11 @@ def _storable(model: nn.Module) -> nn.Module:
 
 
 def rebuild_best(shared, recipe: Recipe, trial_number: int) -> nn.Module:
-    """The best model: from its storage artifact, or by replaying its recipe (deterministic)."""
+    """The best model: the very object when this process ran that trial, else from its storage
+    artifact (weight-exact), else by replaying its recipe (deterministic)."""
     from autocompress.encode import load_compressed
+    if shared.best_model is not None and shared.best_model[0] == trial_number:
+        return shared.best_model[1]
     try:
         return load_compressed(shared.out_dir / "best" / "model.acz", shared.ctx.model_factory)
     except Exception as e:  # noqa: BLE001 - fall back to replaying the recipe
