@@ -13,7 +13,7 @@ from autocompress.search.recipe import Recipe
 
 # parameter -> (technique that enables it, choices, value when the technique is off)
 CHOICES: dict[str, tuple[str | None, list, object]] = {
-    "structured_ratio": ("structured", [0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8], 0.0),
+    "structured_ratio": ("structured", [0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9], 0.0),
     "rank_energy": ("factorize", [1.0, 0.99, 0.97, 0.95, 0.9], 1.0),
     "sparsity": ("prune", [0.0, 0.5, 0.7, 0.8, 0.9, 0.92, 0.94, 0.96, 0.97], 0.0),
     "cluster_bits": ("cluster", [0, 3, 4, 5, 6], 0),
@@ -89,11 +89,13 @@ def seed_recipes(budget: Budget, techniques: Sequence[str], quick: bool = False)
         seeds.append(Recipe(quant="int8", finetune_epochs=0.5))
     if budget.objective in ("fastest",) or budget.min_speedup:
         if "structured" in has:
-            # fewer channels and int8 kernels multiply (measured: int8 alone ~4x at batch 64 on LeNet-5)
+            # int8 kernels pay off on wide layers (measured ~4x at batch 64 on LeNet-5) but their
+            # quantize/dequantize overhead can eat the gain on thin pruned ones: try both
             q = "int8" if "quantize" in has else "none"
             seeds += [Recipe(structured_ratio=0.5, quant=q, distill=d, finetune_epochs=1.0),
-                      Recipe(structured_ratio=0.7, quant=q, distill=d, finetune_epochs=2.0),
-                      Recipe(structured_ratio=0.8, quant=q, distill=d, finetune_epochs=4.0)]
+                      Recipe(structured_ratio=0.8, distill=d, finetune_epochs=4.0),
+                      Recipe(structured_ratio=0.9, distill=d, finetune_epochs=8.0),
+                      Recipe(structured_ratio=0.9, quant=q, distill=d, finetune_epochs=8.0)]
     if budget.objective in ("smallest", "pareto") or budget.min_size_ratio or budget.max_size_bytes:
         if "prune" in has and "cluster" in has:
             seeds += [Recipe(sparsity=0.8, cluster_bits=5, distill=d, finetune_epochs=1.0),
