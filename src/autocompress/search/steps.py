@@ -92,10 +92,20 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
 def _structured(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     """Remove ``structured_ratio`` of the MACs; the per-layer profile comes from the structured
     sensitivity (sensitive layers lose fewer channels) unless the recipe pins ``layer_ratios``."""
-    from autocompress.prune import StructuredPruneConfig, prune_channels_
+    from autocompress.prune import StructuredPruneConfig, StructuredPruneError, prune_channels_
     profile = dict(recipe.layer_ratios) or _allocate(ctx.sensitivity.get("structured"), recipe.structured_ratio)
     cfg = StructuredPruneConfig(target="macs", amount=recipe.structured_ratio, per_layer=profile)
-    model = prune_channels_(model, cfg, ctx.example)
+    try:
+        model = prune_channels_(model, cfg, ctx.example)
+    except StructuredPruneError as e:
+        if not profile or recipe.layer_ratios:
+            raise
+        # the sensitivity profile spares some layers so much that the MAC target is out of reach
+        # even at the largest ratio: fall back to one ratio for all layers
+        log.info("sensitivity profile cannot reach %.0f%% of the MACs (%s); uniform ratios instead",
+                 100 * recipe.structured_ratio, e)
+        model = prune_channels_(model, StructuredPruneConfig(target="macs", amount=recipe.structured_ratio),
+                                ctx.example)
     return train(model, recipe, ctx, _share(recipe, _structured), desc="recover channels")
 
 
