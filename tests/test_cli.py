@@ -18,22 +18,9 @@ from autocompress.cli import BAD_INPUT, INTERRUPTED, NOT_MET, OK, build_parser, 
 from autocompress.models import save_weights
 from autocompress.runconfig import RunConfig
 from test_report import sample_report
+from test_runconfig import USER_MODULE
 
-USER_MODULE = """
-import numpy as np
-import torch
-from torch import nn
 
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-
-def data():
-    rng = np.random.default_rng(0)
-    def part(n):
-        return rng.random((n, 16), dtype=np.float32), rng.integers(0, 3, n)
-    return part(64), part(32), part(32)
-"""
 
 
 class FakeResult:
