@@ -160,7 +160,8 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     ctx = TrialContext(data=data, teacher=teacher, example=example, evaluate=val, finetune=finetune,
                        seed=seed, quick=quick, work_dir=out / "work", budget=budget,
                        model_factory=model_factory or _copier(model))
-    ctx.sensitivity = _sensitivity(model, ctx, techniques, out / "sensitivity.json")
+    # only the techniques this budget will search are worth measuring
+    ctx.sensitivity = _sensitivity(model, ctx, space_mod.useful(budget, techniques), out / "sensitivity.json")
     return _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)
 
 
