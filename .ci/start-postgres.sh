@@ -3,7 +3,8 @@
 set -eu
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1) || exit 1
 [ -x "$bin/initdb" ] || exit 1
-port=${PGPORT_CI:-55432}
+# a free loopback port (another server may already hold the default one)
+port=${PGPORT_CI:-$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")}
 dir=$(mktemp -d /tmp/ac-pg.XXXXXX)
 if [ "$(id -u)" = 0 ]; then
   id postgres >/dev/null 2>&1 || exit 1
