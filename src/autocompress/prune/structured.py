@@ -156,15 +156,8 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def model_cost(model: nn.Module, example: torch.Tensor, metric: Literal["params", "macs"]) -> int:
-    if metric == "params":
-        return count_params(model)
-    # TransformerEncoderLayer's fused eval kernel hides its matmuls from the FLOP counter
-    prev = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        return count_macs(model, example)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(prev)
+    # count_macs already counts attention through the unfused path
+    return count_params(model) if metric == "params" else count_macs(model, example)
 
 
 def _accumulate_grads(model: nn.Module, data: Iterable, loss_fn: LossFn | None, batches: int) -> None:
