@@ -9,11 +9,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 

@@ -47,22 +47,22 @@ def latency_of(m: dict | None, batch: int) -> float | None:
     return _num(lat.get(str(batch), lat.get(batch)))
 
 
-def _ratio_smaller(before: float | None, after: float | None) -> str:
+def _ratio(before: float | None, after: float | None, better: str, worse: str, digits: int) -> str:
+    """``before/after`` as "3.2x smaller" or, when it got worse, "1.25x larger" (never hidden)."""
     if not before or not after:
         return DASH
     r = before / after
     if abs(r - 1) < 0.01:
         return "same (within 1 %)"
-    return f"{r:.1f}x smaller" if r >= 1 else f"{1 / r:.2f}x larger"
+    return f"{r:.{digits}f}x {better}" if r >= 1 else f"{1 / r:.2f}x {worse}"
+
+
+def _ratio_smaller(before: float | None, after: float | None) -> str:
+    return _ratio(before, after, "smaller", "larger", 1)
 
 
 def _ratio_faster(before: float | None, after: float | None) -> str:
-    if not before or not after:
-        return DASH
-    r = before / after
-    if abs(r - 1) < 0.01:
-        return "same (within 1 %)"
-    return f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
+    return _ratio(before, after, "faster", "slower", 2)
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:

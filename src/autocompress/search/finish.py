@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
-from pathlib import Path
 
 import torch
 
-from autocompress.measure import Measurement, compare, measure
+from autocompress.measure import compare, measure
 from autocompress.search.recipe import Recipe
 from autocompress.search.result import Result, TrialRecord
 
@@ -104,7 +102,7 @@ def _bits_of(m) -> int | None:
 
 
 def build_result(study, shared, title: str, elapsed: float) -> Result:
-    from autocompress.search.steps import deploy, rebuild_best
+    from autocompress.search.steps import rebuild_best
 
     records = trial_records(study)
     best_meta_path = shared.out_dir / "best" / "best.json"

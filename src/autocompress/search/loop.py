@@ -26,11 +26,10 @@ from torch import nn
 
 from autocompress.data import Splits
 from autocompress.export import export_onnx, measure_latency, onnx_bytes
-from autocompress.measure import Measurement, compare, measure
 from autocompress.search import space as space_mod
 from autocompress.search.budget import Budget
 from autocompress.search.recipe import Recipe
-from autocompress.search.result import Result, TrialRecord
+from autocompress.search.result import Result
 from autocompress.search.steps import TrialContext, apply_recipe_steps, deploy
 from autocompress.train import evaluate as _evaluate
 
