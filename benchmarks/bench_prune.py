@@ -39,7 +39,8 @@ from torch import nn
 from autocompress.data import Splits, load_mnist
 from autocompress.export import check_parity, export_onnx, measure_latency, ort_accuracy
 from autocompress.measure.core import count_macs, count_nonzero, count_params
-from autocompress.models import MODELS, build_model, load_baseline
+from autocompress.baselines import load_baseline
+from autocompress.models import MODELS, build_model
 from autocompress.prune import (PruneConfig, StructuredPruneConfig, allocate_ratios, channel_counts, finetune,
                                 global_sparsity, make_permanent, prune_, prune_channels_, removal_fn,
                                 sensitivity)

@@ -34,7 +34,8 @@ from torch.utils.data import Subset
 from autocompress.data import load_mnist
 from autocompress.export import export_onnx, measure_latency, onnx_bytes, ort_accuracy
 from autocompress.export.qdq import export_quantized, ort_quantize_dynamic, ort_quantize_static
-from autocompress.models import build_model, load_baseline
+from autocompress.baselines import load_baseline
+from autocompress.models import build_model
 from autocompress.models.weights_io import WeightsError
 from autocompress.quantize import (DynamicInt8Config, Fp16Config, Int4WeightOnlyConfig, PTQConfig,
                                    quant_report, quantize_)

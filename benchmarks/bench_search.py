@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from autocompress.data import Splits, load_mnist
-from autocompress.models import MODELS, load_baseline
+from autocompress.baselines import load_baseline
+from autocompress.models import MODELS
 from autocompress.search import Budget, Recipe, compress
 from autocompress.search.replay import apply_recipe
 from autocompress.train import TrainConfig, fit

@@ -34,7 +34,7 @@ from autocompress.encode import (ClusterConfig, artifact_info, cluster_, load_co
 from autocompress.export import check_parity, export_onnx, measure_latency, ort_accuracy
 from autocompress.factorize import FactorizeConfig, factorize_, plan_ranks
 from autocompress.measure.core import count_macs, count_nonzero, count_params, fp32_bytes
-from autocompress.models import load_baseline
+from autocompress.baselines import load_baseline
 from autocompress.prune import PruneConfig, apply_masks, make_permanent, prune_
 from autocompress.train import TrainConfig, evaluate, fit
 

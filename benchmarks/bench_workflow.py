@@ -77,7 +77,7 @@ def run(quick: bool, out: Path) -> list[list[str]]:
     rows.append(["check (artifact vs fp32, 10k test images, latency ratio)", f"{t_check:.1f} s", f"exit {rc}"])
 
     from autocompress.export import export_onnx
-    from autocompress.models import load_baseline
+    from autocompress.baselines import load_baseline
 
     ref = export_onnx(load_baseline("lenet5", train_if_missing=False), torch.zeros(1, 1, 28, 28), out / "ref.onnx")
     if onnx.exists():

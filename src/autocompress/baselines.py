@@ -10,7 +10,7 @@ from torch import nn
 
 from autocompress.data import load_mnist
 from autocompress.models.lenet import MODELS, build_model
-from autocompress.models.weights_io import baseline_path, save_weights
+from autocompress.models.weights_io import WeightsError, baseline_path, load_weights, save_weights
 from autocompress.train import TrainConfig, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -38,3 +38,15 @@ def train_baseline(name: str, save: bool = True, cfg: TrainConfig | None = None)
     if save:
         save_weights(model, baseline_path(name))
     return model, acc
+
+
+def load_baseline(name: str, train_if_missing: bool = True) -> nn.Module:
+    """The bundled trained baseline; retrains (fixed seed) if the file is missing.
+    Here rather than in ``models/`` because it may train: the models stay free of data and training."""
+    model = build_model(name)
+    p = baseline_path(name)
+    if not p.exists():
+        if not train_if_missing:
+            raise WeightsError(f"no bundled baseline at {p}; run `autocompress train --model {name}`")
+        train_baseline(name, save=True)
+    return load_weights(model, p).eval()

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from autocompress.data import load_mnist
-from autocompress.models import MODELS, load_baseline
+from autocompress.baselines import load_baseline
+from autocompress.models import MODELS
 from autocompress.search import Budget, compress
 
 log = logging.getLogger(__name__)

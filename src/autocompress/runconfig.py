@@ -156,7 +156,8 @@ def load_model(cfg: RunConfig, weights: str | None = None) -> nn.Module:
     """The user's model in eval mode, with ``weights`` (or ``cfg.weights``) loaded safely.
 
     A bundled name without weights loads the bundled trained baseline."""
-    from autocompress.models import MODELS, build_model, load_baseline, load_weights
+    from autocompress.baselines import load_baseline
+    from autocompress.models import MODELS, build_model, load_weights
 
     weights = weights if weights is not None else cfg.weights
     if cfg.model in MODELS:

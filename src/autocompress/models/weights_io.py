@@ -66,17 +66,3 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def baseline_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
-
-
-def load_baseline(name: str, train_if_missing: bool = True) -> nn.Module:
-    """The bundled trained baseline; retrains (fixed seed) if the file is missing."""
-    from autocompress.models.lenet import build_model
-
-    model = build_model(name)
-    p = baseline_path(name)
-    if not p.exists():
-        if not train_if_missing:
-            raise WeightsError(f"no bundled baseline at {p}; run `autocompress train --model {name}`")
-        from autocompress.baselines import train_baseline
-        train_baseline(name, save=True)
-    return load_weights(model, p).eval()

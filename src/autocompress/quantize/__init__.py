@@ -1,5 +1,6 @@
 """Quantization: calibrated static int8, dynamic int8, int4 weight-only, fp16, QAT down to 2 bits,
-and automatic mixed precision. Every result exports to ONNX Runtime through
+and automatic mixed precision (its latency guard, which runs ONNX Runtime, is
+:mod:`autocompress.export.guard`). Every result exports to ONNX Runtime through
 :func:`autocompress.export.qdq.export_quantized` and the PyTorch model simulates what it computes.
 
 ``torch.ao.quantization`` is not used (deprecated upstream)."""
@@ -8,15 +9,14 @@ from autocompress.quantize.fake_quant import (ActQuantizer, QuantWrapper, Weight
                                               round_ste)
 from autocompress.quantize.graph import fold_batchnorm
 from autocompress.quantize.observers import RANGE_ESTIMATORS, CalibrationError, Observer
-from autocompress.quantize.mixed import (LatencyReport, MixedPrecisionConfig, MixedResult, Precision,
-                                         compare_latency, latency_guard_, mixed_precision_)
+from autocompress.quantize.mixed import MixedPrecisionConfig, MixedResult, Precision, mixed_precision_
 from autocompress.quantize.qat import QATConfig, qat_
 from autocompress.quantize.ptq import (DynamicInt8Config, Fp16Config, Int4WeightOnlyConfig, PTQConfig,
                                        float_view, quantize_)
 from autocompress.quantize.report import LayerReport, QuantReport, quant_report
 
 __all__ = ["ActQuantizer", "CalibrationError", "DynamicInt8Config", "Fp16Config", "Int4WeightOnlyConfig",
-           "LatencyReport", "LayerReport", "MixedPrecisionConfig", "MixedResult", "Observer", "PTQConfig",
+           "LayerReport", "MixedPrecisionConfig", "MixedResult", "Observer", "PTQConfig",
            "Precision", "QATConfig", "QuantReport", "QuantWrapper", "RANGE_ESTIMATORS", "WeightQuantizer",
-           "compare_latency", "fake_quant", "float_view", "fold_batchnorm", "latency_guard_",
+           "fake_quant", "float_view", "fold_batchnorm",
            "mixed_precision_", "qat_", "quant_report", "quantize_", "round_ste"]

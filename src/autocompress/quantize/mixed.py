@@ -1,4 +1,4 @@
-"""Automatic mixed precision and the latency guard.
+"""Automatic mixed precision.
 
 ``mixed_precision_`` measures each layer's sensitivity (accuracy drop, or output error, with only
 that layer quantized at the lowest level), quantizes everything at the lowest level, then raises
@@ -7,17 +7,13 @@ holds. A step that makes accuracy worse is not kept: the levels above it are tri
 worse the layer is backed off to where it was. The result names every layer's precision, the reason
 and the full history of steps.
 
-``latency_guard_`` exports the quantized model and fp32, measures both interleaved on ONNX Runtime
-and, when quantized is slower, returns layers to fp32 one at a time (keeping only changes that
-measure faster), down to the whole model: a latency goal never ships a slower configuration.
+The latency guard, which measures on ONNX Runtime, lives in :mod:`autocompress.export.guard`.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
@@ -162,72 +158,3 @@ def mixed_precision_(model: nn.Module, config: MixedPrecisionConfig, calibration
         log.warning("mixed precision: budget %.4f not met (drop %.4f)", cfg.max_drop, reference - acc)
     return MixedResult({n: cfg.levels[levels[n]].label for n in names}, reason, sens, reference, acc,
                        met, history)
-
-
-# -- latency -------------------------------------------------------------------------------------
-
-@dataclass
-class LatencyReport:
-    fp32_ms: dict[int, float]
-    quantized_ms: dict[int, float]     # before any fallback
-    chosen_ms: dict[int, float]        # what ships
-    fallbacks: list[str]               # layers returned to fp32 for speed
-    whole_model_fp32: bool
-
-    def ratio(self, b: int) -> float:
-        return self.chosen_ms[b] / self.fp32_ms[b]
-
-
-def compare_latency(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64),
-                    runs: int = 100, fp32_path: str | Path | None = None) -> dict[str, dict[int, float]]:
-    """Median ONNX Runtime latency (ms) of the exported quantized model and of fp32, interleaved.
-    ``fp32_path`` reuses an fp32 export (the float view of ``model``) instead of exporting again."""
-    from autocompress.export import export_onnx, measure_latency
-    from autocompress.export.qdq import export_quantized
-    from autocompress.quantize.ptq import float_view
-    with tempfile.TemporaryDirectory() as tmp:
-        fp = fp32_path or export_onnx(float_view(model), example, Path(tmp) / "fp32.onnx")
-        qp = export_quantized(model, example, Path(tmp) / "quant.onnx")
-        lat = measure_latency({"fp32": fp, "quant": qp}, tuple(example.shape[1:]), batch_sizes, runs=runs)
-    return {k: {b: s.median_ms for b, s in v.items()} for k, v in lat.items()}
-
-
-def latency_guard_(model: nn.Module, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 64),
-                   runs: int = 100, margin: float = 0.02) -> LatencyReport:
-    """Never ship slower than fp32: if the exported quantized model is slower (mean latency ratio
-    over ``batch_sizes``), return layers to fp32 one at a time, keeping only changes measured at
-    least ``margin`` faster; if it is still slower, the whole model goes back to fp32."""
-    from autocompress.export import export_onnx
-    from autocompress.quantize.ptq import float_view
-
-    def score(lat: dict[str, dict[int, float]]) -> float:   # mean quant/fp32 ratio (same run)
-        return sum(lat["quant"][b] / lat["fp32"][b] for b in batch_sizes) / len(batch_sizes)
-
-    ws = wrappers_of(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp = export_onnx(float_view(model), example, Path(tmp) / "fp32.onnx")
-        lat = compare_latency(model, example, batch_sizes, runs, fp)
-        first, best, ref = lat["quant"], score(lat), lat["fp32"]
-        chosen = dict(first)
-        fallbacks: list[str] = []
-        for name, w in ws.items():
-            if best <= 1 - margin:
-                break
-            if w.mode == "fp32" or sum(x.mode != "fp32" for x in ws.values()) <= 1:
-                continue
-            saved = (w.mode, w.in_q.enabled, w.out_q.enabled)
-            w.mode, w.in_q.enabled, w.out_q.enabled = "fp32", False, False
-            trial = compare_latency(model, example, batch_sizes, runs, fp)
-            if score(trial) < best * (1 - margin):
-                best, chosen, ref = score(trial), dict(trial["quant"]), trial["fp32"]
-                fallbacks.append(name)
-                w.reason = "kept float32: quantized measured slower on ONNX Runtime"
-            else:
-                w.mode, w.in_q.enabled, w.out_q.enabled = saved
-    whole = best > 1.0
-    if whole:   # still slower than fp32: ship fp32
-        for w in ws.values():
-            w.mode, w.in_q.enabled, w.out_q.enabled = "fp32", False, False
-            w.reason = "kept float32: the quantized model measured slower than fp32"
-        chosen = dict(ref)
-    return LatencyReport(ref, first, chosen, fallbacks, whole)

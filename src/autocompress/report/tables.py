@@ -106,14 +106,9 @@ TRIAL_HEADER = ["#", "state", "recipe", "val accuracy", "size", "latency", "feas
 
 
 def describe_recipe(recipe: Any) -> str:
-    """One line: the search's own description of a Recipe dict, else its non-off settings joined."""
+    """One line for a recipe dict the search did not describe: its non-off settings joined."""
     if not isinstance(recipe, dict):
         return str(recipe) if recipe is not None else DASH
-    try:
-        from autocompress.search.recipe import Recipe
-        return Recipe.from_dict(recipe).describe()
-    except Exception:  # noqa: BLE001 - not a Recipe (older report, other tool): generic form
-        pass
     parts = []
     for k, v in recipe.items():
         if v in (None, 0, 0.0, False, "none", {}, []):
@@ -128,7 +123,8 @@ def trial_rows(report: dict) -> list[list[str]]:
     for t in report.get("trials") or []:
         n = t.get("number", DASH)
         rows.append([f"{n}{' ★' if n in pareto else ''}", t.get("state", DASH),
-                     describe_recipe(t.get("recipe")), fmt_pct(_num(t.get("val_accuracy"))),
+                     t.get("description") or describe_recipe(t.get("recipe")),
+                     fmt_pct(_num(t.get("val_accuracy"))),
                      fmt_bytes(_num(t.get("size_bytes"))), fmt_ms(_num(t.get("latency_ms"))),
                      "yes" if t.get("feasible") else "no",
                      DASH if _num(t.get("duration_s")) is None else f"{t['duration_s']:.1f} s",

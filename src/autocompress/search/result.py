@@ -40,8 +40,18 @@ class TrialRecord:
             return self.base_latency_ms / self.latency_ms
         return None
 
+    @property
+    def description(self) -> str | None:
+        """The search's one-line description of the recipe; the report shows it as given, so the
+        report needs no knowledge of recipes."""
+        try:
+            return Recipe.from_dict(self.recipe).describe()
+        except Exception:  # noqa: BLE001 - not a Recipe (seed from another tool): report's generic form
+            return None
+
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"speedup": self.speedup}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {
+            "speedup": self.speedup, "description": self.description}
 
 
 @dataclass
