@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from autocompress.export import ort_accuracy, run, session
-from autocompress.export.qdq import export_quantized, quantization_metadata, verify_parity
 from autocompress.baselines import load_baseline
+from autocompress.export import ort_accuracy, run, session
+from autocompress.export.guard import latency_guard_
+from autocompress.export.qdq import export_quantized, quantization_metadata, verify_parity
 from autocompress.models import baseline_path
 from autocompress.quantize import (DynamicInt8Config, Fp16Config, Int4WeightOnlyConfig, PTQConfig,
                                    quant_report, quantize_)
-from autocompress.export.guard import latency_guard_
 from autocompress.quantize.mixed import MixedPrecisionConfig, Precision, mixed_precision_
 from autocompress.quantize.qat import QATConfig, qat_
 from autocompress.train import TrainConfig, evaluate
