@@ -1,7 +1,8 @@
-"""Accuracy on a chosen split, parameter / non-zero counts, MACs, bytes and ONNX Runtime latency.
+"""Accuracy on a chosen split, parameter / non-zero counts, MACs, bytes and deployed latency.
 
-Decisions use the ``val`` split; reports use ``test``. Latency of models that are compared is
-measured interleaved in one process (see :func:`autocompress.export.measure_latency`).
+Decisions use the ``val`` split; reports use ``test``. The deployed file is measured on a deployment
+target (:mod:`autocompress.targets`, ONNX Runtime by default); latency of models that are compared
+is measured interleaved in one process (:meth:`autocompress.targets.Target.time`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from autocompress.data import Splits
-from autocompress.export import export_onnx, measure_latency, onnx_bytes, ort_accuracy
+from autocompress import targets
 
 
 def count_params(model: nn.Module) -> int:
@@ -60,12 +61,15 @@ class Measurement:
     nonzero: int
     macs: int
     fp32_bytes: int
+    # the deployed file on ``runtime`` (kept under the onnx_* names the reports read; a .pte for
+    # ExecuTorch)
     onnx_bytes: int | None = None
     storage_bytes: int | None = None   # compressed artifact, when there is one
     accuracy: dict[str, float] = field(default_factory=dict)      # split -> accuracy (PyTorch)
     ort_accuracy: dict[str, float] = field(default_factory=dict)  # split -> accuracy (ONNX Runtime)
     latency_ms: dict[int, float] = field(default_factory=dict)
     onnx_path: str | None = None
+    runtime: str = "onnxruntime"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,32 +88,40 @@ class Measurement:
 
 
 def measure(model: nn.Module, data: Splits, name: str = "model", *, splits: tuple[str, ...] = ("test",),
-            onnx_path: str | Path | None = None, export: bool = True, limit: int | None = None) -> Measurement:
-    """Static measurements plus accuracy on ``splits``; exports to ONNX (or uses ``onnx_path``) and
-    measures the deployed model's accuracy on ONNX Runtime. Latency is measured by :func:`compare`."""
+            onnx_path: str | Path | None = None, export: bool = True, limit: int | None = None,
+            runtime: str = "onnxruntime") -> Measurement:
+    """Static measurements plus accuracy on ``splits``; exports through the ``runtime`` target (or
+    uses ``onnx_path``, the deployed file) and measures the deployed model's accuracy on that
+    runtime. Latency is measured by :func:`compare`."""
     from autocompress.train import evaluate
 
     example = data.example_input(1)
     m = Measurement(name, count_params(model), count_nonzero(model), count_macs(model, example),
-                    fp32_bytes(model))
+                    fp32_bytes(model), runtime=runtime)
+    target = targets.require(runtime)
     for s in splits:
         m.accuracy[s] = evaluate(model, data.loader(s, 1000, limit=limit))
     if onnx_path is None and export:
-        onnx_path = Path(tempfile.mkdtemp(prefix="autocompress-")) / f"{name}.onnx"
-        export_onnx(model, example, onnx_path)
+        onnx_path = Path(tempfile.mkdtemp(prefix="autocompress-")) / f"{name}{target.suffix}"
+        target.export(model, example, onnx_path)
     if onnx_path is not None:
         m.onnx_path = str(onnx_path)
-        m.onnx_bytes = onnx_bytes(onnx_path)
+        m.onnx_bytes = target.size(onnx_path)
         for s in splits:
-            m.ort_accuracy[s] = ort_accuracy(onnx_path, data.loader(s, 1000, limit=limit))
+            m.ort_accuracy[s] = target.accuracy(onnx_path, data.loader(s, 1000, limit=limit))
     return m
 
 
 def compare(measurements: Mapping[str, Measurement], input_shape: tuple[int, ...],
             batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, runs: int = 100,
             warmup: int = 10) -> None:
-    """Fill ``latency_ms`` of each measurement, running their ONNX models interleaved."""
+    """Fill ``latency_ms`` of each measurement, running their deployed files interleaved on their
+    runtime (all of them must share one: latency across runtimes is not compared here)."""
     paths = {k: m.onnx_path for k, m in measurements.items() if m.onnx_path}
-    lat = measure_latency(paths, input_shape, batch_sizes, threads=threads, runs=runs, warmup=warmup)
+    runtimes = {m.runtime for k, m in measurements.items() if m.onnx_path}
+    if len(runtimes) > 1:
+        raise ValueError(f"compare: measurements on different runtimes {sorted(runtimes)}; time each apart")
+    target = targets.require(runtimes.pop() if runtimes else "onnxruntime")
+    lat = target.time(paths, input_shape, batch_sizes, threads=threads, runs=runs, warmup=warmup)
     for k, per_batch in lat.items():
         measurements[k].latency_ms = {b: s.median_ms for b, s in per_batch.items()}

@@ -17,9 +17,12 @@ class Budget(Config):
     Accuracy is in percentage points: ``max_drop=0.3`` allows 99.20 % -> 98.90 %.
     ``drop_mode='relative'`` reads ``max_drop`` as a percentage of the baseline accuracy instead.
     Size: ``min_size_ratio=20`` means at least 20x smaller than the fp32 parameters, measured on the
-    compressed storage artifact (``size_of='storage'``) or the deployed ONNX file (``'onnx'``).
+    compressed storage artifact (``size_of='storage'``) or the deployed file (``'onnx'``: the
+    ``.onnx``, or the ``.pte`` when ``runtime='executorch'``).
     Latency: ``min_speedup=3`` means 3x faster than the fp32 ONNX model on ONNX Runtime, at
     ``latency_batch`` with ``threads`` intra-op threads, measured in the same process.
+    ``runtime``: the deployment target the search exports to and measures on (``"onnxruntime"``,
+    ``"executorch"``: a ``.pte`` with the XNNPACK delegate); see :mod:`autocompress.targets`.
     """
 
     max_drop: float = 0.3
@@ -34,6 +37,7 @@ class Budget(Config):
     time_limit_s: float | None = 600.0
     max_trials: int | None = 40
     objective: Objective = "smallest"
+    runtime: str = "onnxruntime"
 
     def validate(self) -> None:
         if self.max_drop < 0:
@@ -48,6 +52,10 @@ class Budget(Config):
                 raise ConfigError(f"Budget.{name} must be > 0 when set, got {v}")
         if self.latency_batch < 1 or self.threads < 1:
             raise ConfigError("Budget.latency_batch and Budget.threads must be >= 1")
+        from autocompress import targets
+        if self.runtime not in targets.names():
+            raise ConfigError(f"Budget.runtime: unknown runtime {self.runtime!r}; choose from "
+                              f"{targets.names()} (installed here: {targets.available()})")
 
     def allowed_accuracy(self, baseline_acc: float) -> float:
         """Lowest acceptable accuracy (fraction in [0,1]) given the baseline's."""

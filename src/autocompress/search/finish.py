@@ -102,12 +102,14 @@ def _bits_of(m) -> int | None:
 
 
 def build_result(study, shared, title: str, elapsed: float) -> Result:
+    from autocompress import targets
     from autocompress.search.steps import rebuild_best
 
+    target = targets.require(shared.budget.runtime)
     records = trial_records(study)
     best_meta_path = shared.out_dir / "best" / "best.json"
     base_m = measure(shared.model, shared.data, "baseline", splits=("val", "test"),
-                     onnx_path=shared.base_onnx)
+                     onnx_path=shared.base_onnx, runtime=target.name)
     sens = shared.ctx.sensitivity
     if not best_meta_path.exists():
         msg = "no trial completed; nothing to deploy"
@@ -118,8 +120,9 @@ def build_result(study, shared, title: str, elapsed: float) -> Result:
     recipe = Recipe.from_dict(meta["attrs"]["recipe"])
     best_dir = shared.out_dir / "best"
     model = rebuild_best(shared, recipe, meta["trial"])
+    deployed = best_dir / target.filename
     final = measure(model, shared.data, "compressed", splits=("val", "test"),
-                    onnx_path=best_dir / "model.onnx")
+                    onnx_path=deployed, runtime=target.name)
     final.storage_bytes = (best_dir / "model.acz").stat().st_size if (best_dir / "model.acz").exists() else None
     base_m.storage_bytes = None
     compare({"baseline": base_m, "compressed": final}, tuple(shared.data.input_shape),
@@ -135,7 +138,7 @@ def build_result(study, shared, title: str, elapsed: float) -> Result:
                f"({recipe.describe()}): {viol}")
     res = Result(model, recipe, shared.budget, base_m, final, met, msg, records, pareto_front(records),
                  layer_table(model, sens), [] if met else blocking_layers(sens),
-                 {"onnx": str(best_dir / "model.onnx"), "storage": str(best_dir / "model.acz"),
+                 {target.suffix[1:]: str(deployed), "storage": str(best_dir / "model.acz"),
                   "recipe": str(best_dir / "recipe.yaml")}, title)
     res.export(shared.out_dir)
     log.info(msg)

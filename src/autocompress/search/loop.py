@@ -1,7 +1,8 @@
 """The automatic loop: baseline -> sensitivity -> search over recipes -> best model, always on disk.
 
 Every trial applies a recipe to a copy of the model, fine-tunes it (distilled from the original),
-evaluates it on the *validation* split, exports it and measures it on ONNX Runtime. Optuna drives
+evaluates it on the *validation* split, exports it and measures it on the budget's deployment
+target (ONNX Runtime by default, or ExecuTorch; see :mod:`autocompress.targets`). Optuna drives
 the search; its study lives in SQLite under ``out_dir`` (or a shared PostgreSQL), so a crash or
 Ctrl-C loses at most the running trial and ``resume=True`` continues the same study.
 """
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from autocompress.data import Splits
-from autocompress.export import export_onnx, measure_latency, onnx_bytes
+from autocompress import targets
 from autocompress.search import space as space_mod
 from autocompress.search.budget import Budget
 from autocompress.search.recipe import Recipe
@@ -68,7 +69,7 @@ class _Shared:
     out_dir: Path
     ctx: TrialContext
     base: dict                      # baseline figures for Budget.violations
-    base_onnx: Path
+    base_onnx: Path                 # the baseline's deployed file (on budget.runtime)
     quick: bool
     study_name: str = STUDY
     best_model: tuple[int, nn.Module] | None = None
@@ -146,12 +147,13 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     limit = 2000 if quick else None
     val = _val_evaluator(data, evaluate, limit)
     budget.to_yaml(out / "budget.yaml")
-    base_onnx = out / "baseline.onnx"
+    target = targets.require(budget.runtime)
+    base_onnx = out / f"baseline{target.suffix}"
     example = data.example_input(1)
-    export_onnx(model, example, base_onnx)
+    target.export(model, example, base_onnx)
     base_acc = val(model)
     base = {"accuracy": base_acc, "fp32_bytes": 4 * sum(p.numel() for p in model.parameters()),
-            "onnx_bytes": onnx_bytes(base_onnx)}
+            "onnx_bytes": target.size(base_onnx)}
     log.info("baseline: val accuracy %.2f %%, %d fp32 bytes", 100 * base_acc, base["fp32_bytes"])
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
@@ -261,18 +263,19 @@ def _trial(trial, shared: _Shared):
     tdir = Path(tempfile.mkdtemp(prefix=f"trial{trial.number}-", dir=shared.ctx.work_dir))
     try:
         art = deploy(model, recipe, shared.ctx, tdir)
-        size = art["storage_bytes"] if shared.budget.size_of == "storage" else art["onnx_bytes"]
+        size = art["storage_bytes"] if shared.budget.size_of == "storage" else art["deployed_bytes"]
         lat = base_lat = None
         if shared.budget.needs_latency():
             runs = 20 if shared.quick else 60
-            m = measure_latency({"base": shared.base_onnx, "cand": art["onnx"]}, tuple(shared.data.input_shape),
-                                (shared.budget.latency_batch,), threads=shared.budget.threads, runs=runs)
+            target = targets.get(shared.budget.runtime)
+            m = target.time({"base": shared.base_onnx, "cand": art["deployed"]}, tuple(shared.data.input_shape),
+                            (shared.budget.latency_batch,), threads=shared.budget.threads, runs=runs)
             lat, base_lat = m["cand"][shared.budget.latency_batch].median_ms, m["base"][shared.budget.latency_batch].median_ms
         cand = {"accuracy": acc, "size_bytes": size, "latency_ms": lat}
         base = dict(shared.base, latency_ms=base_lat)
         viol = shared.budget.violations(base, cand)
         trial.set_user_attr("size_bytes", int(size))
-        trial.set_user_attr("onnx_bytes", int(art["onnx_bytes"]))
+        trial.set_user_attr("onnx_bytes", int(art["deployed_bytes"]))   # the deployed file, any runtime
         trial.set_user_attr("storage_bytes", int(art["storage_bytes"]))
         trial.set_user_attr("latency_ms", lat)
         trial.set_user_attr("base_latency_ms", base_lat)
@@ -339,7 +342,8 @@ def _keep_if_best(trial, shared: _Shared, model, recipe, art, feasible: bool) ->
         except (json.JSONDecodeError, KeyError):
             pass
     shared.best_model = (trial.number, model)   # this process's copy, exactly as deployed
-    for key, name in (("onnx", "model.onnx"), ("storage", "model.acz")):
+    for key in ("deployed", "storage"):
+        name = Path(art[key]).name           # model.onnx / model.pte, model.acz
         tmp = best_dir / (name + ".tmp")
         tmp.write_bytes(Path(art[key]).read_bytes())
         os.replace(tmp, best_dir / name)

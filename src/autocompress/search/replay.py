@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from autocompress.data import Splits
-from autocompress.export import export_onnx
+from autocompress import targets
 from autocompress.measure import compare, measure
 from autocompress.search.budget import Budget
 from autocompress.search.finish import layer_table
@@ -55,11 +55,13 @@ def apply_recipe(model: nn.Module, recipe: Recipe | dict | str | Path, data: Spl
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     ctx = _context(model, data, out, teacher, evaluate, finetune, budget, seed, quick, model_factory)
-    base_onnx = export_onnx(model, ctx.example, out / "baseline.onnx")
-    base = measure(model, data, "baseline", splits=("val", "test"), onnx_path=base_onnx)
+    target = targets.require(budget.runtime)
+    base_onnx = target.export(model, ctx.example, out / f"baseline{target.suffix}")
+    base = measure(model, data, "baseline", splits=("val", "test"), onnx_path=base_onnx, runtime=target.name)
     compressed = apply_recipe_steps(copy.deepcopy(model), recipe, ctx)
     art = deploy(compressed, recipe, ctx, out / "best")
-    final = measure(compressed, data, "compressed", splits=("val", "test"), onnx_path=art["onnx"])
+    final = measure(compressed, data, "compressed", splits=("val", "test"), onnx_path=art["deployed"],
+                    runtime=target.name)
     final.storage_bytes = art["storage_bytes"]
     compare({"baseline": base, "compressed": final}, tuple(data.input_shape), runs=30 if quick else 100)
     size = final.storage_bytes if budget.size_of == "storage" else final.onnx_bytes
@@ -73,7 +75,7 @@ def apply_recipe(model: nn.Module, recipe: Recipe | dict | str | Path, data: Spl
     msg = (f"recipe replayed ({recipe.describe()}) in {time.time() - t0:.0f} s; "
            + ("budget met" if not viol else "budget NOT met: " + "; ".join(viol)))
     res = Result(compressed, recipe, budget, base, final, not viol, msg, [rec], [0],
-                 layer_table(compressed, {}), [], {"onnx": str(art["onnx"]), "storage": str(art["storage"])},
+                 layer_table(compressed, {}), [], {target.suffix[1:]: str(art["deployed"]), "storage": str(art["storage"])},
                  title=f"autocompress apply: {type(model).__name__}")
     res.export(out)
     log.info(msg)

@@ -91,15 +91,14 @@ class Result:
         }
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write the deployable ONNX model, the compressed storage artifact, the recipe and the
-        reports into ``out_dir``."""
+        """Write the deployable model (``model.onnx``, or ``model.pte`` for ExecuTorch), the
+        compressed storage artifact, the recipe and the reports into ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths: dict[str, Path] = {}
-        for key, name in (("onnx", "model.onnx"), ("storage", "model.acz")):
-            src = self.artifacts.get(key)
-            if src and Path(src).exists():
-                dst = out / name
+        for key, src in self.artifacts.items():   # deployed file(s) by suffix, "storage"
+            if key != "recipe" and src and Path(src).exists():
+                dst = out / Path(src).name
                 if Path(src).resolve() != dst.resolve():
                     shutil.copyfile(src, dst)
                 paths[key] = dst
