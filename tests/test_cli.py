@@ -192,6 +192,16 @@ def test_export_config_with_parity(project, capsys):
     assert main(["-q", "export", str(proj / "missing.acz"), "--out", "x.onnx"]) == BAD_INPUT
 
 
+def test_export_to_executorch_by_suffix(project, capsys):
+    """--out m.pte goes through the ExecuTorch target; an unknown suffix names the known ones."""
+    proj, cfg, work = project
+    assert main(["-q", "export", str(cfg), "--out", "m.tflite"]) == BAD_INPUT
+    pytest.importorskip("executorch")
+    assert main(["-q", "export", str(cfg), "--out", "m.pte"]) == OK
+    assert (work / "m.pte").read_bytes()[4:8] == b"ET12"
+    assert "ExecuTorch (XNNPACK) matches PyTorch" in capsys.readouterr().out
+
+
 def test_demo_dispatch(monkeypatch, tmp_path):
     demo = pytest.importorskip("autocompress.demo")
     calls = []

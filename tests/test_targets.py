@@ -129,3 +129,19 @@ def test_compress_on_executorch_measures_there_and_writes_model_pte(tmp_path):
     acc = float((targets.get("executorch").run(pte, x).argmax(-1) == y.numpy()).mean())
     assert acc == pytest.approx(res.final.ort_accuracy["test"], abs=1e-9)
     assert np.isfinite(res.final.onnx_bytes) and res.final.onnx_bytes < res.baseline.onnx_bytes
+
+
+@needs_executorch
+def test_check_gates_a_pte_on_executorch(lenet5, tmp_path):
+    from autocompress.check import CheckInputError, run_check
+    model, data, x = lenet5
+    t = targets.get("executorch")
+    ref = t.export(model, x[:1], tmp_path / "fp32.pte")
+    cand = t.export(model, x[:1], tmp_path / "int8.pte", quantized=True, calibration=x)
+    res = run_check(cand, data, budget=Budget(max_drop=1.0, min_size_ratio=3, latency_batch=4),
+                    reference_onnx=ref, fp32_bytes=t.size(ref), limit=300, runs=5)
+    assert res.passed, res.items
+    assert res.figures["size_kind"] == "PTE file" and res.figures["candidate_ms"] > 0
+    with pytest.raises(CheckInputError, match="different runtimes"):
+        run_check(cand, data, budget=Budget(), reference_onnx=targets.get("onnxruntime").export(
+            model, x[:1], tmp_path / "fp32.onnx"), limit=100)

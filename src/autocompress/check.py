@@ -170,7 +170,7 @@ def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None
     reference ONNX file's size. ``limit`` caps test samples (smoke tests only: the baseline report
     was measured on the whole split).
     """
-    from autocompress.export import measure_latency, onnx_bytes, ort_accuracy
+    from autocompress import targets
 
     t0 = time.perf_counter()
     tol = tolerance or Tolerance()
@@ -179,6 +179,14 @@ def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None
     for p in (candidate_onnx, reference_onnx):
         if p is not None and not Path(p).exists():
             raise CheckInputError(f"ONNX model {p} does not exist")
+    try:   # the runtime that runs the candidate, from its file (.onnx: ONNX Runtime, .pte: ExecuTorch)
+        target = targets.for_file(candidate_onnx)
+    except targets.UnknownTargetError as e:
+        raise CheckInputError(str(e)) from None
+    if reference_onnx is not None and Path(reference_onnx).suffix != candidate_onnx.suffix:
+        raise CheckInputError(f"the reference {reference_onnx} and the candidate {candidate_onnx} are for "
+                              f"different runtimes: time them on the same one")
+    ort_accuracy, onnx_bytes = target.accuracy, target.size
     base_m, final_m = (baseline or {}).get("baseline") or {}, (baseline or {}).get("final") or {}
     needs_ref = budget.min_speedup is not None
     if needs_ref and reference_onnx is None:
@@ -198,15 +206,15 @@ def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None
     fp32 = fp32_bytes or base_m.get("fp32_bytes") or (onnx_bytes(reference_onnx) if reference_onnx else None)
     use_storage = budget.size_of == "storage" and storage_bytes is not None
     size = storage_bytes if use_storage else onnx_bytes(candidate_onnx)
-    size_kind = "storage artifact" if use_storage else "ONNX file"
+    size_kind = "storage artifact" if use_storage else f"{target.suffix[1:].upper()} file"
 
     figures: dict[str, Any] = {"test_samples": n_test, "threads": budget.threads, "accuracy": acc,
                                "reference_accuracy": ref_acc, "size_bytes": size, "size_kind": size_kind,
                                "fp32_bytes": fp32, "latency_batch": budget.latency_batch, "speedup": None}
     lat_c = None
     if reference_onnx is not None:
-        lat = measure_latency({"fp32": reference_onnx, "candidate": candidate_onnx}, data.input_shape,
-                              (budget.latency_batch,), threads=budget.threads, runs=runs)
+        lat = target.time({"fp32": reference_onnx, "candidate": candidate_onnx}, data.input_shape,
+                          (budget.latency_batch,), threads=budget.threads, runs=runs)
         ref_ms, lat_c = lat["fp32"][budget.latency_batch].median_ms, lat["candidate"][budget.latency_batch].median_ms
         figures.update(reference_ms=ref_ms, candidate_ms=lat_c, speedup=ref_ms / lat_c)
 
@@ -234,8 +242,8 @@ def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None
                                f"with the fp32 reference in this run"))
     if budget.max_latency_ms is not None:
         if lat_c is None:
-            lat_c = measure_latency({"candidate": candidate_onnx}, data.input_shape, (budget.latency_batch,),
-                                    threads=budget.threads, runs=runs)["candidate"][budget.latency_batch].median_ms
+            lat_c = target.time({"candidate": candidate_onnx}, data.input_shape, (budget.latency_batch,),
+                                threads=budget.threads, runs=runs)["candidate"][budget.latency_batch].median_ms
         items.append(CheckItem("budget", "latency", lat_c <= budget.max_latency_ms, f"{lat_c:.3f} ms",
                                f"<= {budget.max_latency_ms:g} ms", "absolute time: depends on the machine"))
 

@@ -166,9 +166,13 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     from autocompress.check import _load_compressed
     from autocompress.config import ConfigError
-    from autocompress.export import ParityError, check_parity, export_onnx, ort_accuracy
+    from autocompress import targets
 
     src = Path(a.source)
+    try:   # the runtime from the file asked for: .onnx -> ONNX Runtime, .pte -> ExecuTorch
+        target = targets.for_file(a.out)
+    except targets.UnknownTargetError as e:
+        raise ConfigError(f"--out: {e}") from None
     if not src.exists():
         raise ConfigError(f"{src} does not exist: pass a run config (.yaml) or a compressed artifact")
     cfg_path = a.source if src.suffix in (".yaml", ".yml") else a.config
@@ -187,16 +191,17 @@ def cmd_export(a: argparse.Namespace) -> int:
     else:
         shape = _input_shape(a.input_shape, model)
         x = torch.rand(64, *shape, generator=torch.Generator().manual_seed(0))
-    path = export_onnx(model.eval(), x[:1], a.out)
+    path = target.export(model.eval(), x[:1], a.out)
     try:
-        rep = check_parity(model, path, x, atol=a.atol)
-    except ParityError as e:
+        rep = target.parity(model, path, x, atol=a.atol)
+    except targets.ParityError as e:
         log.error("%s", e)
         return NOT_MET
-    print(f"exported {path} ({path.stat().st_size} bytes); ONNX Runtime matches PyTorch: max |diff| "
+    print(f"exported {path} ({target.size(path)} bytes); {target.label} matches PyTorch: max |diff| "
           f"{rep.max_abs_diff:.2e}, top-1 agreement {rep.top1_agreement:.2%} on {rep.samples} inputs")
     if data is not None:
-        print(f"test accuracy on ONNX Runtime: {100 * ort_accuracy(path, data.loader('test', 1000)):.2f} %")
+        acc = target.accuracy(path, data.loader('test', 1000))
+        print(f"test accuracy on {target.label}: {100 * acc:.2f} %")
     return OK
 
 
@@ -286,14 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="weights (overrides the config's)")
     sp.add_argument("--out", help="output folder (default: CONFIG out_dir/inspect)")
 
-    sp = add("export", cmd_export, "export a model (run config) or a compressed artifact to one ONNX file, "
-                                   "checking ONNX Runtime against PyTorch")
+    sp = add("export", cmd_export, "export a model (run config) or a compressed artifact to one deployable "
+                                   "file (.onnx: ONNX Runtime, .pte: ExecuTorch), checking the runtime "
+                                   "against PyTorch")
     sp.add_argument("source", help="run config (.yaml) or compressed storage artifact")
-    sp.add_argument("--out", required=True, help="ONNX file to write")
+    sp.add_argument("--out", required=True, help="file to write: .onnx (ONNX Runtime) or .pte (ExecuTorch)")
     sp.add_argument("--config", help="run config for the data (when SOURCE is an artifact)")
     sp.add_argument("--weights", help="weights (overrides the config's)")
     sp.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (artifact without --config)")
-    sp.add_argument("--atol", type=float, default=1e-3, help="largest allowed |ONNX - PyTorch| (default 1e-3)")
+    sp.add_argument("--atol", type=float, default=1e-3, help="largest allowed |runtime - PyTorch| (default 1e-3)")
 
     sp = add("check", cmd_check, "CI gate: compare a model with the budget and a baseline report.json; "
                                  "exit 1 on a regression; markdown summary and JUnit XML")

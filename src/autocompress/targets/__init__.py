@@ -6,7 +6,8 @@ inside its own target module, when that target is first used.
 """
 
 from autocompress.targets.base import (LatencyStats, ParityError, ParityReport, Target,
-                                       UnknownTargetError, available, get, names, register, require)
+                                       UnknownTargetError, available, for_file, get, names, register,
+                                       require)
 
 __all__ = ["LatencyStats", "ParityError", "ParityReport", "Target", "UnknownTargetError", "available",
-           "get", "names", "register", "require"]
+           "for_file", "get", "names", "register", "require"]

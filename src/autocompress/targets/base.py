@@ -204,6 +204,16 @@ def require(name: str) -> Target:
     return t
 
 
+def for_file(path: str | Path) -> Target:
+    """The target whose deployed files end like ``path`` (``.onnx``, ``.pte``)."""
+    suffix = Path(path).suffix
+    for n in names():
+        if get(n).suffix == suffix:
+            return require(n)
+    raise UnknownTargetError(f"{path}: no deployment target writes {suffix or 'suffix-less'} files; "
+                             f"known: {', '.join(f'{n} ({get(n).suffix})' for n in names())}")
+
+
 def available() -> list[str]:
     """Registered targets whose runtime package is installed here."""
     return [n for n in names() if get(n).installed()]
