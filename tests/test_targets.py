@@ -129,6 +129,8 @@ def test_compress_on_executorch_measures_there_and_writes_model_pte(tmp_path):
     acc = float((targets.get("executorch").run(pte, x).argmax(-1) == y.numpy()).mean())
     assert acc == pytest.approx(res.final.ort_accuracy["test"], abs=1e-9)
     assert np.isfinite(res.final.onnx_bytes) and res.final.onnx_bytes < res.baseline.onnx_bytes
+    md = (tmp_path / "out" / "report.md").read_text()   # the report names the runtime it measured on
+    assert "deployed .pte file" in md and "(ExecuTorch)" in md
 
 
 @needs_executorch

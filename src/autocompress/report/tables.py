@@ -32,10 +32,21 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+# how the report names a measurement's runtime and its deployed file (the document carries the
+# runtime's registry name; unknown names are shown as they are)
+_RUNTIMES = {"onnxruntime": ("ONNX Runtime", "ONNX file"), "executorch": ("ExecuTorch", ".pte file")}
+
+
+def runtime_of(m: dict | None) -> tuple[str, str]:
+    """(runtime label, deployed file label) of a measurement dict."""
+    name = (m or {}).get("runtime") or "onnxruntime"
+    return _RUNTIMES.get(name, (name, f"{name} file"))
+
+
 def accuracy_of(m: dict | None, split: str = "test") -> tuple[float | None, str]:
-    """Deployed (ONNX Runtime) accuracy when measured, else PyTorch's; and which one it is."""
+    """Deployed accuracy (on its runtime) when measured, else PyTorch's; and which one it is."""
     m = m or {}
-    for key, label in (("ort_accuracy", "ONNX Runtime"), ("accuracy", "PyTorch")):
+    for key, label in (("ort_accuracy", runtime_of(m)[0]), ("accuracy", "PyTorch")):
         v = _num((m.get(key) or {}).get(split))
         if v is not None:
             return v, label
@@ -85,10 +96,11 @@ def before_after_rows(report: dict) -> list[list[str]]:
                      fmt_bytes(storage), _ratio_smaller(before_size, storage)])
     bo, fo = _num(b.get("onnx_bytes")), _num(f.get("onnx_bytes"))
     if bo is not None or fo is not None:
-        rows.append(["size (deployed ONNX file)", fmt_bytes(bo), fmt_bytes(fo), _ratio_smaller(bo, fo)])
+        rows.append([f"size (deployed {runtime_of(f or b)[1]})", fmt_bytes(bo), fmt_bytes(fo), _ratio_smaller(bo, fo)])
     for batch in (1, 64):
         lb, lf = latency_of(b, batch), latency_of(f, batch)
-        rows.append([f"latency, batch {batch} (ONNX Runtime)", fmt_ms(lb), fmt_ms(lf), _ratio_faster(lb, lf)])
+        rows.append([f"latency, batch {batch} ({runtime_of(f or b)[0]})", fmt_ms(lb), fmt_ms(lf),
+                     _ratio_faster(lb, lf)])
     ab, lab = accuracy_of(b)
     af, laf = accuracy_of(f)
     change = DASH if ab is None or af is None else f"{100 * (af - ab):+.2f} points"
