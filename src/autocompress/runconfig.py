@@ -2,7 +2,8 @@
 
 A run config names the model, weights, data and metric, the budget and the techniques allowed::
 
-    model: custom_cnn:build          # 'module:function', 'path/to/file.py:function', or 'lenet5'/'lenet300'
+    model: custom_cnn:build          # 'module:function', 'path/to/file.py:function', 'lenet5'/'lenet300',
+                                     # or 'path/to/model.onnx' (weights come with the file)
     weights: weights/custom_cnn.safetensors
     data: custom_cnn:data            # 'module:function', 'mnist', 'mnist-flat' or a path to an .npz
     budget: {max_drop: 0.3, min_size_ratio: 20, objective: smallest}
@@ -160,6 +161,8 @@ def load_model(cfg: RunConfig, weights: str | None = None) -> nn.Module:
     from autocompress.models import MODELS, build_model, load_weights
 
     weights = weights if weights is not None else cfg.weights
+    if cfg.model.endswith(".onnx"):
+        return _onnx_model(cfg, weights)
     if cfg.model in MODELS:
         if weights is None:
             return load_baseline(cfg.model, train_if_missing=False).eval()
@@ -180,11 +183,27 @@ def load_model(cfg: RunConfig, weights: str | None = None) -> nn.Module:
     return model.eval()
 
 
+def _onnx_model(cfg: RunConfig, weights: str | None, check: bool = True) -> nn.Module:
+    """An ONNX file carries its weights: converted and checked against ONNX Runtime on the way in."""
+    from autocompress.frontends import FrontendError, from_onnx
+
+    path = resolve_path(cfg, cfg.model, "model")
+    if weights is not None and check:
+        raise ConfigError(f"RunConfig.weights: {cfg.model} is an ONNX file, which holds its weights; "
+                          f"remove 'weights: {weights}'")
+    try:
+        return from_onnx(path, check=check).eval()
+    except FrontendError as e:
+        raise ConfigError(f"RunConfig.model: {e}") from None
+
+
 def model_factory(cfg: RunConfig) -> Callable[[], nn.Module]:
     """A zero-argument callable building the config's architecture (no weights): what a compressed
     artifact of a custom model class needs to be rebuilt."""
     from autocompress.models import MODELS, build_model
 
+    if cfg.model.endswith(".onnx"):
+        return lambda: _onnx_model(cfg, None, check=False)
     if cfg.model in MODELS:
         return lambda: build_model(cfg.model)
     return resolve_callable(cfg.model, "model", _base(cfg))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch.fx
 from torch import nn
 
 
@@ -122,8 +123,13 @@ def build_spec(spec: Any, path: str = "") -> nn.Module:
         raise ArchError(f"architecture at {path or '<root>'}: cannot build {t}({kwargs}): {e}") from None
 
 
+def _kind(m: nn.Module) -> type:
+    # torch.fx gives every GraphModule (e.g. a converted ONNX graph) a class of its own, copies included
+    return torch.fx.GraphModule if isinstance(m, torch.fx.GraphModule) else type(m)
+
+
 def _same(a: nn.Module, b: nn.Module) -> bool:
-    if type(a) is not type(b):
+    if _kind(a) is not _kind(b):
         return False
     name = _BY_CLASS.get(type(a))
     return name is None or LAYERS[name][1](a) == LAYERS[name][1](b)
