@@ -26,6 +26,11 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[nn.Module], None]
 
 
+class TrainingStopped(Exception):
+    """``fit`` was asked to stop at a step boundary (a search's deadline, an early-stopping rule).
+    The model is left as trained so far, in eval mode."""
+
+
 @dataclass
 class TrainConfig(Config):
     epochs: float = 1.0            # fractional epochs allowed: 0.25 = a quarter pass
@@ -59,11 +64,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainConfig | None = None,
-        loss_fn: LossFn | None = None, hooks: Iterable[StepHook] = (), desc: str = "train") -> nn.Module:
+        loss_fn: LossFn | None = None, hooks: Iterable[StepHook] = (), desc: str = "train",
+        stop: Callable[[], bool] | None = None) -> nn.Module:
     """Train ``model`` in place for ``cfg.epochs`` on ``data`` (a Dataset or a DataLoader).
 
     ``loss_fn(model, x, y)`` defaults to cross-entropy; distillation passes its own.
     ``hooks`` run after every optimizer step (e.g. re-apply pruning masks).
+    ``stop()`` is asked before every step; when it answers True, :class:`TrainingStopped` is raised
+    (the caller decides whether a cut-short fine-tune is a failure).
     """
     cfg = cfg or TrainConfig()
     loss_fn = loss_fn or cross_entropy
@@ -85,6 +93,8 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     try:
         while step < total:
             for x, y in data:
+                if stop is not None and stop():
+                    raise TrainingStopped(f"{desc}: stopped after {step} of {total} steps")
                 loss = loss_fn(model, x, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; "
@@ -105,6 +115,33 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     finally:
         bar.close()
         model.eval()
+    return model
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> nn.Module:
+    """Recompute every BatchNorm's running statistics from ``inputs`` (train-mode forward passes,
+    no gradients, a cumulative average): after channels are removed or a layer is factorized the
+    old statistics describe activations that no longer exist (a torchvision model, BN momentum
+    0.01, scored 10.7 % in eval mode until they were recomputed). Other layers stay in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return model
+    was = model.training
+    model.eval()
+    saved = []
+    for m in bns:
+        saved.append(m.momentum)
+        m.reset_running_stats()
+        m.momentum = None      # cumulative moving average: every batch counts alike
+        m.train()
+    try:
+        for i in range(0, len(inputs), batch_size):
+            model(inputs[i:i + batch_size])
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was)
     return model
 
 

@@ -109,12 +109,13 @@ def _as_evaluate(evaluate: EvaluateFn | Iterable) -> EvaluateFn:
 
 
 @torch.no_grad()
-def _unstructured(model, evaluate, ratios, layers, exclude, kinds, importance, bar):
+def _unstructured(model, evaluate, ratios, layers, exclude, kinds, importance, bar, stop):
     criterion = get_importance(importance)
     if criterion.needs_data:
         raise ValueError("sensitivity: use a data-free importance ('l1', 'l2', 'random') for the analysis")
     scores, sizes = {}, {}
     for t in find_targets(model, kinds, layers, exclude):
+        _check(stop, scores)
         w = t.param
         saved = w.detach().clone()
         s = criterion(w, None).float()
@@ -128,13 +129,14 @@ def _unstructured(model, evaluate, ratios, layers, exclude, kinds, importance, b
     return scores, sizes, {}
 
 
-def _structured(model, evaluate, ratios, layers, exclude, example, importance, bar):
+def _structured(model, evaluate, ratios, layers, exclude, example, importance, bar, stop):
     base_cfg = StructuredPruneConfig(ratio=0.0, importance=importance, exclude=list(exclude))
     names = [n for n in prunable_layers(model, example, base_cfg)
              if not layers or matches(layers, n)]
     scores, sizes, costs = {}, {}, {}
     base_macs = model_cost(model, example, "macs")
     for n in names:
+        _check(stop, scores)
         curve, cost = [], []
         for r in ratios:
             trial = copy.deepcopy(model)
@@ -154,14 +156,22 @@ def _structured(model, evaluate, ratios, layers, exclude, example, importance, b
     return scores, sizes, costs
 
 
+def _check(stop, scores) -> None:
+    if stop is not None and stop():
+        raise TimeoutError(f"sensitivity: time allowed ran out after {len(scores)} layer(s)")
+
+
 def sensitivity(model: nn.Module, evaluate: EvaluateFn | Iterable, ratios: Iterable[float] = DEFAULT_RATIOS,
                 kind: Literal["unstructured", "structured"] = "unstructured", *,
                 example_input: torch.Tensor | None = None, layers: Iterable[str] = (),
                 exclude: Iterable[str] = (), kinds: Iterable[LayerKind] = ALL_KINDS,
-                importance: ImportanceName = "l1", progress: bool = False) -> SensitivityResult:
+                importance: ImportanceName = "l1", progress: bool = False,
+                stop: Callable[[], bool] | None = None) -> SensitivityResult:
     """Prune each layer alone at each ratio and record ``evaluate(model)`` (or accuracy on a loader).
 
-    ``model`` is left unchanged. ``kind='structured'`` needs ``example_input``.
+    ``model`` is left unchanged. ``kind='structured'`` needs ``example_input``. ``stop()`` is asked
+    before each layer; when it answers True the analysis raises :class:`TimeoutError` (a partial
+    analysis would mislead the allocation: unmeasured layers would look free to prune).
     """
     ratios = sorted(float(r) for r in ratios)
     if not ratios or not all(0.0 < r < 1.0 for r in ratios):
@@ -177,9 +187,9 @@ def sensitivity(model: nn.Module, evaluate: EvaluateFn | Iterable, ratios: Itera
     layers, exclude = list(layers), list(exclude)
     with tqdm(desc=f"{kind} sensitivity", disable=not progress, leave=False) as bar:
         if kind == "unstructured":
-            scores, sizes, costs = _unstructured(model, evaluate, ratios, layers, exclude, list(kinds), importance, bar)
+            scores, sizes, costs = _unstructured(model, evaluate, ratios, layers, exclude, list(kinds), importance, bar, stop)
         else:
-            scores, sizes, costs = _structured(model, evaluate, ratios, layers, exclude, example_input, importance, bar)
+            scores, sizes, costs = _structured(model, evaluate, ratios, layers, exclude, example_input, importance, bar, stop)
     model.train(was)
     if not scores:
         raise ValueError(f"sensitivity: no prunable layer in {type(model).__name__} (layers={layers}, "

@@ -101,6 +101,46 @@ def _bits_of(m) -> int | None:
     return max(1, math.ceil(math.log2(n))) if 0 < n <= 256 else 32
 
 
+REMEASURE_S = (3.0, 10.0)   # (quick, normal): the winner's speed-up is timed again this long
+
+
+def final_reserve_s(t_measure_base: float, base_onnx, data, budget, quick: bool) -> float:
+    """Seconds the end of a search needs: measuring the winner as the baseline was measured
+    (``t_measure_base``, twice over: a quantized model evaluates slower in PyTorch), the latency
+    table (both models, batch 1 and 64), the speed-up re-measurement and writing the report."""
+    import time
+
+    import numpy as np
+
+    from autocompress import targets
+    run = targets.require(budget.runtime).load(base_onnx, budget.threads)
+    x = np.zeros((64, *data.input_shape), dtype=np.float32)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        run(x)
+    per_run = (time.perf_counter() - t0) / 3
+    runs = 30 if quick else 100
+    table = 2 * (runs + 10) * per_run * 1.1
+    remeasure = REMEASURE_S[0 if quick else 1] if budget.needs_latency() else 0.0
+    return 2.0 * t_measure_base + table + remeasure + 3.0
+
+
+def failure_summary(records: list[TrialRecord]) -> str:
+    """'3 failed (2x ValueError: ..., 1x ...); 1 stopped by the deadline' or ''."""
+    from collections import Counter
+
+    from autocompress.search.trial import STOPPED
+    failed = Counter(r.note.split(" (similar")[0][:120] for r in records if r.state == "failed")
+    stopped = sum(r.state == "pruned" and r.note.startswith(STOPPED) for r in records)
+    parts = []
+    if failed:
+        why = "; ".join(f"{n}x {reason or 'no reason recorded'}" for reason, n in failed.most_common(3))
+        parts.append(f"{sum(failed.values())} trial(s) failed ({why})")
+    if stopped:
+        parts.append(f"{stopped} stopped by the deadline")
+    return ", ".join(parts)
+
+
 def build_result(study, shared, title: str, elapsed: float) -> Result:
     from autocompress import targets
     from autocompress.search.steps import rebuild_best
@@ -108,11 +148,12 @@ def build_result(study, shared, title: str, elapsed: float) -> Result:
     target = targets.require(shared.budget.runtime)
     records = trial_records(study)
     best_meta_path = shared.out_dir / "best" / "best.json"
-    base_m = measure(shared.model, shared.data, "baseline", splits=("val", "test"),
-                     onnx_path=shared.base_onnx, runtime=target.name)
+    base_m = shared.base_measurement or measure(shared.model, shared.data, "baseline", splits=("val", "test"),
+                                                onnx_path=shared.base_onnx, runtime=target.name)
+    fails = failure_summary(records)
     sens = shared.ctx.sensitivity
     if not best_meta_path.exists():
-        msg = "no trial completed; nothing to deploy"
+        msg = "no trial completed; nothing to deploy" + (f"; {fails}" if fails else "")
         compare({"baseline": base_m}, tuple(shared.data.input_shape))
         return Result(None, None, shared.budget, base_m, None, False, msg, records,
                       [], layer_table(shared.model, sens), blocking_layers(sens), {}, title)
@@ -128,6 +169,9 @@ def build_result(study, shared, title: str, elapsed: float) -> Result:
     compare({"baseline": base_m, "compressed": final}, tuple(shared.data.input_shape),
             runs=30 if shared.quick else 100)
     met = bool(meta.get("feasible"))
+    speed_note = ""
+    if shared.budget.needs_latency():
+        met, speed_note = _remeasure(shared, deployed, met)
     n_done = sum(r.state == "complete" for r in records)
     if met:
         msg = (f"budget met by trial {meta['trial']} ({recipe.describe()}) after {n_done} trial(s) "
@@ -136,6 +180,7 @@ def build_result(study, shared, title: str, elapsed: float) -> Result:
         viol = "; ".join(meta["attrs"].get("violations", []))
         msg = (f"budget NOT met after {n_done} trial(s) in {elapsed:.0f} s; closest: trial {meta['trial']} "
                f"({recipe.describe()}): {viol}")
+    msg += speed_note + (f"; {fails}" if fails else "")
     res = Result(model, recipe, shared.budget, base_m, final, met, msg, records, pareto_front(records),
                  layer_table(model, sens), [] if met else blocking_layers(sens),
                  {target.suffix[1:]: str(deployed), "storage": str(best_dir / "model.acz"),
@@ -143,3 +188,20 @@ def build_result(study, shared, title: str, elapsed: float) -> Result:
     res.export(shared.out_dir)
     log.info(msg)
     return res
+
+
+def _remeasure(shared, onnx_path, met: bool) -> tuple[bool, str]:
+    """Time the winner against the baseline again, longer, before declaring it: a speed-up seen
+    once during the search may have been a lucky burst. A winner slower than the baseline is
+    never called a speed-up; a ``min_speedup`` the re-measurement misses is not met."""
+    from autocompress.search.trial import speedup
+    t = speedup(shared, onnx_path, max_time_s=REMEASURE_S[0 if shared.quick else 1])
+    b = shared.budget
+    note = (f"; re-measured speed-up {t.speedup:.2f}x at batch {b.latency_batch} "
+            f"(95 % interval {t.low:.2f}-{t.high:.2f}, {t.rounds} interleaved rounds)")
+    if t.speedup < 1.0:
+        note = (f"; re-measured: {1 / t.speedup:.2f}x SLOWER than the baseline at batch {b.latency_batch} "
+                f"({t.rounds} interleaved rounds): no speed-up")
+    if b.min_speedup is not None and t.speedup < b.min_speedup:
+        met = False
+    return met, note

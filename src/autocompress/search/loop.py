@@ -14,9 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +26,11 @@ from autocompress.data import Splits
 from autocompress import targets
 from autocompress.search import space as space_mod
 from autocompress.search.budget import Budget
+from autocompress.search.deadline import Deadline
 from autocompress.search.recipe import Recipe
 from autocompress.search.result import Result
-from autocompress.search.steps import TrialContext, apply_recipe_steps, deploy
+from autocompress.search.steps import TrialContext
+from autocompress.search.trial import objective as _objective
 from autocompress.train import evaluate as _evaluate
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,7 @@ class _Shared:
     quick: bool
     study_name: str = STUDY
     best_model: tuple[int, nn.Module] | None = None
+    base_measurement: object = None  # baseline measured on val+test up front (times the final step)
 
 
 def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
@@ -100,8 +100,9 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
+    deadline = Deadline(budget.time_limit_s)
     shared = _prepare(model, data, budget, tuple(techniques), out, evaluate, finetune, seed, quick,
-                      model_factory)
+                      model_factory, deadline)
     url = _storage_url(out, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shared.study_name = study_name
@@ -110,18 +111,16 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
         useful = space_mod.useful(budget, shared.techniques)
         for r in (seeds if seeds is not None else space_mod.seed_recipes(budget, useful, quick)):
             study.enqueue_trial(space_mod.to_params(r, useful), skip_if_exists=True)
-    # interrupted / crashed trials do not use up the trial budget; finished ones do
-    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    # interrupted / failed trials do not use up the trial budget; finished ones do
+    done = _counted(study)
     n_left = None if budget.max_trials is None else max(budget.max_trials - done, 0)
-    timeout = budget.time_limit_s
     interrupted = False
     try:
-        if n_left != 0:
+        if n_left != 0 and deadline.search_remaining() > 0:
             if workers > 1:
-                _run_workers(shared, url, seed, n_left, timeout, workers)
+                _run_workers(shared, url, seed, n_left, deadline, workers)
             else:
-                study.optimize(lambda t: _objective(t, shared), n_trials=n_left, timeout=timeout,
-                               catch=(Exception,), gc_after_trial=True)
+                _optimize(study, shared, budget.max_trials, deadline)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: the best result so far is in %s; `resume` continues the study", out)
@@ -142,7 +141,11 @@ def resume(model: nn.Module, data: Splits, out_dir: str | Path, **kwargs) -> Res
 # -- setup ---------------------------------------------------------------------------------
 
 def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, quick,
-             model_factory=None) -> _Shared:
+             model_factory=None, deadline: Deadline | None = None) -> _Shared:
+    from autocompress.measure import measure
+    from autocompress.search.finish import final_reserve_s
+
+    deadline = deadline or Deadline(None)
     model = model.eval()
     limit = 2000 if quick else None
     val = _val_evaluator(data, evaluate, limit)
@@ -151,6 +154,11 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     base_onnx = out / f"baseline{target.suffix}"
     example = data.example_input(1)
     target.export(model, example, base_onnx)
+    # the final step measures the baseline and the winner on val + test (PyTorch and the runtime):
+    # measuring the baseline now costs nothing extra and tells how much time the end must keep
+    t0 = time.monotonic()
+    base_m = measure(model, data, "baseline", splits=("val", "test"), onnx_path=base_onnx, runtime=target.name)
+    deadline.reserve(final_reserve_s(time.monotonic() - t0, base_onnx, data, budget, quick))
     base_acc = val(model)
     base = {"accuracy": base_acc, "fp32_bytes": 4 * sum(p.numel() for p in model.parameters()),
             "onnx_bytes": target.size(base_onnx)}
@@ -160,10 +168,12 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
         p.requires_grad_(False)
     ctx = TrialContext(data=data, teacher=teacher, example=example, evaluate=val, finetune=finetune,
                        seed=seed, quick=quick, work_dir=out / "work", budget=budget,
-                       model_factory=model_factory or _copier(model))
+                       model_factory=model_factory or _copier(model), deadline=deadline)
     # only the techniques this budget will search are worth measuring
     ctx.sensitivity = _sensitivity(model, ctx, space_mod.useful(budget, techniques), out / "sensitivity.json")
-    return _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)
+    shared = _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)
+    shared.base_measurement = base_m
+    return shared
 
 
 def _copier(model: nn.Module) -> Callable[[], nn.Module]:
@@ -224,147 +234,41 @@ def _study(url: str, seed: int, budget: Budget, shared: _Shared, resume: bool):
                                directions=["maximize", "minimize", "minimize"])
 
 
-# -- one trial ---------------------------------------------------------------------------
-
-def _objective(trial, shared: _Shared):
-    import optuna
-    try:
-        return _trial(trial, shared)
-    except (optuna.TrialPruned, KeyboardInterrupt):
-        raise
-    except Exception as e:
-        # keep the reason with the trial: the report shows why it failed, the search goes on
-        trial.set_user_attr("note", f"failed: {type(e).__name__}: {e}"[:500])
-        log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
-        raise
-
-
-def _trial(trial, shared: _Shared):
-    import optuna
-
-    recipe = space_mod.sample(trial, shared.budget, shared.techniques)
-    trial.set_user_attr("recipe", recipe.to_dict())
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    t0 = time.time()
-    log.info("trial %d: %s", trial.number, recipe.describe())
-    model = copy.deepcopy(shared.model)
-    model = apply_recipe_steps(model, recipe, shared.ctx)
-    acc = shared.ctx.evaluate(model)
-    floor = shared.budget.allowed_accuracy(shared.base["accuracy"])
-    trial.set_user_attr("val_accuracy", acc)
-    if acc < floor - 0.05:
-        # hopeless on accuracy: skip the expensive export/measurement, tell the sampler why
-        # same constraint names as a measured trial (the sampler compares them); others unmeasured
-        names = _constraint_values(shared, {"accuracy": acc, "size_bytes": 1, "latency_ms": 1.0},
-                                   dict(shared.base, latency_ms=1.0))
-        _set_constraints(trial, {k: (floor - acc if k == "accuracy" else 0.0) for k in names})
-        trial.set_user_attr("note", f"val accuracy {100 * acc:.2f} % far below floor {100 * floor:.2f} %")
-        raise optuna.TrialPruned(trial.user_attrs["note"])
-    tdir = Path(tempfile.mkdtemp(prefix=f"trial{trial.number}-", dir=shared.ctx.work_dir))
-    try:
-        art = deploy(model, recipe, shared.ctx, tdir)
-        size = art["storage_bytes"] if shared.budget.size_of == "storage" else art["deployed_bytes"]
-        lat = base_lat = None
-        if shared.budget.needs_latency():
-            runs = 20 if shared.quick else 60
-            target = targets.get(shared.budget.runtime)
-            m = target.time({"base": shared.base_onnx, "cand": art["deployed"]}, tuple(shared.data.input_shape),
-                            (shared.budget.latency_batch,), threads=shared.budget.threads, runs=runs)
-            lat, base_lat = m["cand"][shared.budget.latency_batch].median_ms, m["base"][shared.budget.latency_batch].median_ms
-        cand = {"accuracy": acc, "size_bytes": size, "latency_ms": lat}
-        base = dict(shared.base, latency_ms=base_lat)
-        viol = shared.budget.violations(base, cand)
-        trial.set_user_attr("size_bytes", int(size))
-        trial.set_user_attr("onnx_bytes", int(art["deployed_bytes"]))   # the deployed file, any runtime
-        trial.set_user_attr("storage_bytes", int(art["storage_bytes"]))
-        trial.set_user_attr("latency_ms", lat)
-        trial.set_user_attr("base_latency_ms", base_lat)
-        trial.set_user_attr("violations", viol)
-        _set_constraints(trial, _constraint_values(shared, cand, base))
-        trial.set_user_attr("duration_s", time.time() - t0)
-        _keep_if_best(trial, shared, model, recipe, art, not viol)
-    finally:
-        shutil.rmtree(tdir, ignore_errors=True)   # the best trial's files were copied to best/
-    lat_ratio = (lat / base_lat) if (lat and base_lat) else 1.0
-    return acc, float(size), float(lat_ratio)
-
-
-def _set_constraints(trial, values: dict[str, float]) -> None:
-    for k, v in values.items():
-        trial.set_constraint(k, float(v))
-    trial.set_user_attr("constraints", list(values.values()))   # kept for ranking "best so far"
-
-
-def _constraint_values(shared: _Shared, cand: dict, base: dict) -> dict[str, float]:
-    """Optuna constraint form: each value <= 0 means satisfied (scaled to be comparable)."""
-    b = shared.budget
-    out = {"accuracy": shared.budget.allowed_accuracy(base["accuracy"]) - cand["accuracy"]}
-    if b.min_size_ratio is not None:
-        out["size_ratio"] = b.min_size_ratio / (base["fp32_bytes"] / cand["size_bytes"]) - 1.0
-    if b.max_size_bytes is not None:
-        out["size_bytes"] = cand["size_bytes"] / b.max_size_bytes - 1.0
-    if b.min_speedup is not None and cand["latency_ms"] and base["latency_ms"]:
-        out["speedup"] = b.min_speedup / (base["latency_ms"] / cand["latency_ms"]) - 1.0
-    if b.max_latency_ms is not None and cand["latency_ms"]:
-        out["latency_ms"] = cand["latency_ms"] / b.max_latency_ms - 1.0
-    return out
-
-
-def _score(attrs: dict, budget: Budget) -> tuple:
-    """Order for 'best so far': feasible first, then the objective, then accuracy."""
-    feasible = not attrs.get("violations", ["?"])
-    acc = attrs.get("val_accuracy", 0.0)
-    size = attrs.get("size_bytes", math.inf)
-    lat = attrs.get("latency_ms") or math.inf
-    base_lat = attrs.get("base_latency_ms") or 1.0
-    if budget.objective == "fastest":
-        key = (lat / base_lat, -acc)
-    elif budget.objective == "most_accurate":
-        key = (-acc, size)
-    else:  # smallest, and pareto (reported as the whole front; "best" = smallest)
-        key = (size, -acc)
-    # infeasible trials rank by how far they miss (sum of positive constraint values)
-    miss = sum(max(c, 0.0) for c in attrs.get("constraints", [1.0]))
-    return (0, *key) if feasible else (1, miss, *key)
-
-
-def _keep_if_best(trial, shared: _Shared, model, recipe, art, feasible: bool) -> None:
-    """After every trial the best model so far and its recipe are on disk (atomic replace)."""
-    best_dir = shared.out_dir / "best"
-    best_dir.mkdir(exist_ok=True)
-    meta_path = best_dir / "best.json"
-    attrs = dict(trial.user_attrs)
-    if meta_path.exists():
-        try:
-            prev = json.loads(meta_path.read_text())
-            if _score(prev["attrs"], shared.budget) <= _score(attrs, shared.budget):
-                return
-        except (json.JSONDecodeError, KeyError):
-            pass
-    shared.best_model = (trial.number, model)   # this process's copy, exactly as deployed
-    for key in ("deployed", "storage"):
-        name = Path(art[key]).name           # model.onnx / model.pte, model.acz
-        tmp = best_dir / (name + ".tmp")
-        tmp.write_bytes(Path(art[key]).read_bytes())
-        os.replace(tmp, best_dir / name)
-    recipe.to_yaml(best_dir / "recipe.yaml.tmp")
-    os.replace(best_dir / "recipe.yaml.tmp", best_dir / "recipe.yaml")
-    tmp = best_dir / "best.json.tmp"
-    tmp.write_text(json.dumps({"trial": trial.number, "attrs": attrs, "feasible": feasible}, indent=1))
-    os.replace(tmp, meta_path)
-    log.info("trial %d is the best so far (%s)", trial.number, "meets budget" if feasible else "budget not met yet")
-
-
 # -- workers ------------------------------------------------------------------------------
 
-def _run_workers(shared: _Shared, url: str, seed: int, n_trials: int | None, timeout: float | None,
+def _counted(study) -> int:
+    """Trials that use up ``max_trials``: complete or pruned on accuracy. Failed ones do not, nor
+    ones the deadline stopped (they say nothing about the recipe)."""
+    from autocompress.search.trial import STOPPED
+    return sum(t.state.name == "COMPLETE" or (t.state.name == "PRUNED"
+                                              and not str(t.user_attrs.get("note", "")).startswith(STOPPED))
+               for t in study.trials)
+
+
+def _optimize(study, shared: _Shared, max_trials: int | None, deadline: Deadline) -> None:
+    """Run trials until ``max_trials`` count (see :func:`_counted`) or the deadline. A search whose
+    every trial fails still ends: at most three times ``max_trials`` attempts in all."""
+    cap = None if max_trials is None else 3 * max_trials + len(study.trials)
+
+    def enough(study, _trial) -> None:
+        if (max_trials is not None and _counted(study) >= max_trials) or deadline.expired() \
+                or (cap is not None and len(study.trials) >= cap):
+            study.stop()
+
+    timeout = deadline.search_remaining()
+    study.optimize(lambda t: _objective(t, shared), n_trials=None if cap is None else cap - len(study.trials),
+                   timeout=None if math.isinf(timeout) else max(timeout, 1e-3), catch=(Exception,),
+                   gc_after_trial=True, callbacks=[enough])
+
+
+def _run_workers(shared: _Shared, url: str, seed: int, n_trials: int | None, deadline: Deadline,
                  workers: int) -> None:
     """Several local processes join the same study (Optuna's distributed mode, as machines would)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")  # children inherit the prepared model, data and sensitivity
     per = None if n_trials is None else math.ceil(n_trials / workers)
-    procs = [ctx.Process(target=_worker_main, args=(shared, url, seed + i, per, timeout))
+    procs = [ctx.Process(target=_worker_main, args=(shared, url, seed + i, per, deadline))
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -380,14 +284,14 @@ def _run_workers(shared: _Shared, url: str, seed: int, n_trials: int | None, tim
         log.warning("%d worker(s) exited with codes %s", len(bad), bad)
 
 
-def _worker_main(shared: _Shared, url: str, seed: int, n_trials: int | None, timeout: float | None) -> None:
+def _worker_main(shared: _Shared, url: str, seed: int, n_trials: int | None, deadline: Deadline) -> None:
     import optuna
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _study(_storage_url(shared.out_dir, url), seed, shared.budget, shared, resume=True)
-    study.optimize(lambda t: _objective(t, shared), n_trials=n_trials, timeout=timeout,
-                   catch=(Exception,), gc_after_trial=True)
+    # each worker counts the study's trials as a whole: the shared max_trials is what stops them
+    _optimize(study, shared, shared.budget.max_trials, deadline)
 
 
 def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str, *,
@@ -398,10 +302,15 @@ def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     budget = kwargs.pop("budget", None) or Budget.from_yaml(out / "budget.yaml")
+    deadline = Deadline(timeout)
     shared = _prepare(model, data, budget, tuple(techniques), out, kwargs.get("evaluate"),
-                      kwargs.get("finetune"), seed, kwargs.get("quick", False), kwargs.get("model_factory"))
+                      kwargs.get("finetune"), seed, kwargs.get("quick", False), kwargs.get("model_factory"),
+                      deadline)
     shared.study_name = kwargs.get("study_name", STUDY)
-    _worker_main(shared, storage, seed, n_trials, timeout)
+    if n_trials is not None:
+        shared.budget = copy.copy(budget)
+        shared.budget.max_trials = _counted(_study(_storage_url(out, storage), seed, budget, shared, True)) + n_trials
+    _worker_main(shared, storage, seed, n_trials, deadline)
 
 
 # -- the end --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class Recipe(Config):
 
     structured_ratio: float = 0.0
     layer_ratios: dict[str, float] = field(default_factory=dict)
+    round_to: int = 8        # kept channel counts are multiples of this (runtimes' kernels favour them)
     rank_energy: float | None = None
     sparsity: float = 0.0
     cluster_bits: int | None = None
@@ -45,6 +46,8 @@ class Recipe(Config):
     def validate(self) -> None:
         if not 0.0 <= self.structured_ratio < 1.0:
             raise ConfigError(f"Recipe.structured_ratio must be in [0, 1), got {self.structured_ratio}")
+        if self.round_to < 1:
+            raise ConfigError(f"Recipe.round_to must be >= 1, got {self.round_to}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"Recipe.sparsity must be in [0, 1), got {self.sparsity}")
         if self.rank_energy is not None and not 0.0 < self.rank_energy <= 1.0:

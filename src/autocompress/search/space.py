@@ -14,6 +14,7 @@ from autocompress.search.recipe import Recipe
 # parameter -> (technique that enables it, choices, value when the technique is off)
 CHOICES: dict[str, tuple[str | None, list, object]] = {
     "structured_ratio": ("structured", [0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9], 0.0),
+    "round_to": ("structured", [1, 8, 16], 8),
     "rank_energy": ("factorize", [1.0, 0.99, 0.97, 0.95, 0.9], 1.0),
     "sparsity": ("prune", [0.0, 0.5, 0.7, 0.8, 0.9, 0.92, 0.94, 0.96, 0.97], 0.0),
     "cluster_bits": ("cluster", [0, 3, 4, 5, 6], 0),
@@ -53,6 +54,7 @@ def sample(trial, budget: Budget, techniques: Sequence[str]) -> Recipe:
 def from_params(p: dict) -> Recipe:
     return Recipe(
         structured_ratio=float(p.get("structured_ratio", 0.0)),
+        round_to=int(p.get("round_to", 8)),
         rank_energy=None if float(p.get("rank_energy", 1.0)) >= 1.0 else float(p["rank_energy"]),
         sparsity=float(p.get("sparsity", 0.0)),
         cluster_bits=int(p.get("cluster_bits", 0)) or None,
@@ -66,7 +68,7 @@ def from_params(p: dict) -> Recipe:
 def to_params(r: Recipe, techniques: Sequence[str]) -> dict:
     """Inverse of :func:`from_params`, for enqueueing seed recipes (values snapped to the grid)."""
     raw = {
-        "structured_ratio": r.structured_ratio, "rank_energy": r.rank_energy or 1.0,
+        "structured_ratio": r.structured_ratio, "round_to": r.round_to, "rank_energy": r.rank_energy or 1.0,
         "sparsity": r.sparsity, "cluster_bits": r.cluster_bits or 0, "quant": r.quant,
         "weight_bits": r.weight_bits, "distill": r.distill, "finetune_epochs": r.finetune_epochs,
     }

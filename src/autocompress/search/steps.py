@@ -18,6 +18,7 @@ from torch.utils.data import Subset
 
 from autocompress.data import Splits
 from autocompress.search.budget import Budget
+from autocompress.search.deadline import Deadline
 from autocompress.search.recipe import Recipe
 from autocompress.train import TrainConfig, fit
 
@@ -39,6 +40,7 @@ class TrialContext:
     # builds the user's architecture (for the storage artifact of a model class it cannot describe)
     model_factory: Callable[[], nn.Module] | None = None
     teacher_cache: nn.Module | None = field(default=None, repr=False)
+    deadline: Deadline = field(default_factory=lambda: Deadline(None))
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,8 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
         return model
     # batch 64: twice the optimizer steps per epoch of 128, which recovers pruned LeNets better
     cfg = TrainConfig(epochs=epochs, lr=recipe.lr * lr_scale, batch_size=64, seed=ctx.seed, progress=False)
-    return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc)
+    return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc,
+               stop=ctx.deadline.expired)
 
 
 # -- the steps --------------------------------------------------------------------------------
@@ -94,24 +97,36 @@ def _structured(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Modul
     sensitivity (sensitive layers lose fewer channels) unless the recipe pins ``layer_ratios``."""
     from autocompress.prune import StructuredPruneConfig, StructuredPruneError, prune_channels_
     profile = dict(recipe.layer_ratios) or _allocate(ctx.sensitivity.get("structured"), recipe.structured_ratio)
-    cfg = StructuredPruneConfig(target="macs", amount=recipe.structured_ratio, per_layer=profile)
-    try:
-        model = prune_channels_(model, cfg, ctx.example)
-    except StructuredPruneError as e:
-        if not profile or recipe.layer_ratios:
-            raise
-        # the sensitivity profile spares some layers so much that the MAC target is out of reach
-        # even at the largest ratio: fall back to one ratio for all layers
-        log.info("sensitivity profile cannot reach %.0f%% of the MACs (%s); uniform ratios instead",
-                 100 * recipe.structured_ratio, e)
-        model = prune_channels_(model, StructuredPruneConfig(target="macs", amount=recipe.structured_ratio),
-                                ctx.example)
+    rt = recipe.round_to if recipe.round_to > 1 else None
+    attempts = [(profile, rt)] + ([({}, rt)] if profile and not recipe.layer_ratios else [])
+    if rt is not None:
+        # a small layer cannot keep a multiple of round_to and still lose its share: unrounded then
+        attempts += [(p, None) for p, _ in attempts]
+    for i, (prof, r) in enumerate(attempts):
+        cfg = StructuredPruneConfig(target="macs", amount=recipe.structured_ratio, per_layer=prof, round_to=r)
+        try:
+            model = prune_channels_(model, cfg, ctx.example)
+            break
+        except StructuredPruneError as e:
+            if i == len(attempts) - 1:
+                raise
+            # the sensitivity profile or the rounding spares some layers so much that the MAC
+            # target is out of reach even at the largest ratio: try the next, looser setting
+            log.info("%.0f%% of the MACs out of reach with %s, round_to=%s (%s); trying a looser setting",
+                     100 * recipe.structured_ratio, "the sensitivity profile" if prof else "uniform ratios", r, e)
+    _reestimate_bn(model, ctx)
     return train(model, recipe, ctx, _share(recipe, _structured), desc="recover channels")
+
+
+def _reestimate_bn(model: nn.Module, ctx: TrialContext) -> None:
+    from autocompress.train import reestimate_bn
+    reestimate_bn(model, ctx.data.calibration_batch(256 if ctx.quick else 1024, seed=ctx.seed))
 
 
 def _factorize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     from autocompress.factorize import FactorizeConfig, factorize_
     model = factorize_(model, FactorizeConfig(energy=recipe.rank_energy))
+    _reestimate_bn(model, ctx)
     return train(model, recipe, ctx, _share(recipe, _factorize), desc="recover low-rank")
 
 
@@ -123,7 +138,7 @@ def _sparsify(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     from autocompress.prune import PruneConfig, make_permanent, prune_
     epochs = _share(recipe, _sparsify)
     steps = 1 if epochs <= 0 else 3
-    per_layer = _allocate(ctx.sensitivity.get("prune"), recipe.sparsity)
+    per_layer = follow_renames(model, _allocate(ctx.sensitivity.get("prune"), recipe.sparsity))
     cfg = PruneConfig(sparsity=recipe.sparsity, scope="layer" if per_layer else "global", per_layer=per_layer,
                       schedule="polynomial" if steps > 1 else "oneshot", steps=steps, permanent=False)
     tune = (lambda m: train(m, recipe, ctx, 0.4 * epochs / steps, desc="prune round")) if epochs > 0 else None
@@ -180,6 +195,26 @@ def _share(recipe: Recipe, step: Callable) -> float:
     total = sum(w for _, w in active)
     mine = sum(w for fn, w in active if fn is step)
     return recipe.finetune_epochs * mine / total if total > 0 else 0.0
+
+
+def follow_renames(model: nn.Module, per_layer: dict[str, float]) -> dict[str, float]:
+    """Per-layer settings keyed by the *original* model's names, for a model an earlier step
+    restructured: low-rank factorization turns ``fc.weight`` into ``fc.0.weight`` and
+    ``fc.1.weight`` (both factors get ``fc``'s setting). A name that vanished altogether is
+    dropped (the global setting applies to what replaced it)."""
+    params = dict(model.named_parameters())
+    out: dict[str, float] = {}
+    for name, v in per_layer.items():
+        if name in params:
+            out[name] = v
+            continue
+        owner, _, leaf = name.rpartition(".")
+        factors = [p for p in params if p.startswith(owner + ".") and p.endswith("." + leaf)] if owner else []
+        if factors:
+            out.update({p: v for p in factors})
+        else:
+            log.info("per-layer setting for %r dropped: no such layer after the earlier steps", name)
+    return out
 
 
 def _allocate(sens: dict | None, target: float) -> dict[str, float]:
@@ -263,22 +298,49 @@ def rebuild_best(shared, recipe: Recipe, trial_number: int) -> nn.Module:
         return apply_recipe_steps(copy.deepcopy(shared.model), recipe, shared.ctx)
 
 
+SENSITIVITY_SHARE = 0.2   # of the whole time limit, at most, on any model size
+
+
 def measure_sensitivity(model: nn.Module, ctx: TrialContext, techniques) -> dict:
-    """Per-layer validation accuracy under each technique, one layer at a time (on a subset)."""
+    """Per-layer validation accuracy under each technique, one layer at a time, within
+    ``SENSITIVITY_SHARE`` of the time limit: the validation subset and the number of ratios shrink
+    to fit a first timed evaluation; an analysis that still runs over is abandoned (the search
+    then allocates uniformly) rather than eating the trials' time."""
+    import time
+
     from autocompress.prune import sensitivity
     from autocompress.train import evaluate
 
-    loader = ctx.data.loader("val", 1000, limit=1000 if ctx.quick else 3000)
+    plans = {"prune": dict(ratios=(0.5, 0.8, 0.9, 0.95, 0.98), kind="unstructured"),
+             "structured": dict(ratios=(0.25, 0.5, 0.75, 0.9), kind="structured", example_input=ctx.example)}
+    plans = {k: v for k, v in plans.items() if k in techniques}
+    if not plans:
+        return {}
+    allowed = ctx.deadline.share(SENSITIVITY_SHARE)
+    phase = ctx.deadline.sub(allowed)
+    limit = 1000 if ctx.quick else 3000
+    t0 = time.monotonic()
+    evaluate(model, ctx.data.loader("val", 1000, limit=limit))
+    t_eval = max(time.monotonic() - t0, 1e-4)
+    layers = sum(1 for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)))
+    n_evals = sum(layers * len(kw["ratios"]) + 1 for kw in plans.values())
+    if n_evals * t_eval > allowed:
+        # fewer ratios first (3 still give the allocation a curve), then fewer samples (>= 256)
+        for kw in plans.values():
+            r = kw["ratios"]
+            kw["ratios"] = (r[0], r[len(r) // 2], r[-1])
+        n_evals = sum(layers * 3 + 1 for _ in plans)
+        limit = max(256, int(limit * allowed / (n_evals * t_eval)))
+        log.info("sensitivity: %d evaluations of %.2f s exceed %.0f s; 3 ratios on %d samples",
+                 n_evals, t_eval, allowed, limit)
+    loader = ctx.data.loader("val", 1000, limit=limit)
+
     def ev(m):
         return evaluate(m, loader)
     out: dict[str, dict] = {}
-    plans = {"prune": dict(ratios=(0.5, 0.8, 0.9, 0.95, 0.98), kind="unstructured"),
-             "structured": dict(ratios=(0.25, 0.5, 0.75, 0.9), kind="structured", example_input=ctx.example)}
     for tech, kw in plans.items():
-        if tech not in techniques:
-            continue
         try:
-            out[tech] = sensitivity(model, ev, **kw).to_dict()
+            out[tech] = sensitivity(model, ev, stop=phase.expired, **kw).to_dict()
         except Exception as e:  # noqa: BLE001 - sensitivity guides the search; without it we search blind
             log.warning("%s sensitivity unavailable for %s: %s", tech, type(model).__name__, e)
     return out

@@ -1,0 +1,179 @@
+"""One trial of the search: apply a recipe to a copy, score it on validation, deploy, measure.
+
+A trial ends in one of three ways: complete (scored, maybe the new best), pruned (hopeless on
+accuracy, or stopped by the search's deadline at a fine-tune step boundary: recorded, not a
+failure) or failed (the reason is kept with the trial for the report).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from autocompress.search import space as space_mod
+from autocompress.search.steps import apply_recipe_steps, deploy
+from autocompress.train import TrainingStopped
+
+log = logging.getLogger(__name__)
+
+STOPPED = "stopped by the deadline"
+
+
+def objective(trial, shared):
+    import optuna
+    try:
+        return _trial(trial, shared)
+    except (optuna.TrialPruned, KeyboardInterrupt):
+        raise
+    except TrainingStopped as e:
+        # the budget ran out mid fine-tune: a stop, not a crash (and not counted as a failure)
+        trial.set_user_attr("note", f"{STOPPED}: {e}"[:500])
+        raise optuna.TrialPruned(trial.user_attrs["note"]) from None
+    except Exception as e:
+        # keep the reason with the trial: the report shows why it failed, the search goes on
+        trial.set_user_attr("note", f"failed: {type(e).__name__}: {e}"[:500])
+        log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+        raise
+
+
+def _trial(trial, shared):
+    import optuna
+
+    recipe = space_mod.sample(trial, shared.budget, shared.techniques)
+    trial.set_user_attr("recipe", recipe.to_dict())
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    t0 = time.time()
+    log.info("trial %d: %s", trial.number, recipe.describe())
+    model = copy.deepcopy(shared.model)
+    model = apply_recipe_steps(model, recipe, shared.ctx)
+    if shared.ctx.deadline.expired():
+        raise TrainingStopped("the search's time ran out before the candidate was scored")
+    acc = shared.ctx.evaluate(model)
+    floor = shared.budget.allowed_accuracy(shared.base["accuracy"])
+    trial.set_user_attr("val_accuracy", acc)
+    if acc < floor - 0.05:
+        # hopeless on accuracy: skip the expensive export/measurement, tell the sampler why
+        # same constraint names as a measured trial (the sampler compares them); others unmeasured
+        names = constraint_values(shared, {"accuracy": acc, "size_bytes": 1, "latency_ms": 1.0},
+                                  dict(shared.base, latency_ms=1.0))
+        set_constraints(trial, {k: (floor - acc if k == "accuracy" else 0.0) for k in names})
+        trial.set_user_attr("note", f"val accuracy {100 * acc:.2f} % far below floor {100 * floor:.2f} %")
+        raise optuna.TrialPruned(trial.user_attrs["note"])
+    tdir = Path(tempfile.mkdtemp(prefix=f"trial{trial.number}-", dir=shared.ctx.work_dir))
+    try:
+        art = deploy(model, recipe, shared.ctx, tdir)
+        size = art["storage_bytes"] if shared.budget.size_of == "storage" else art["deployed_bytes"]
+        lat = base_lat = None
+        if shared.budget.needs_latency():
+            t = speedup(shared, art["deployed"], max_time_s=3.0 if shared.quick else 10.0)
+            lat, base_lat = t.cand_ms, t.ref_ms
+            trial.set_user_attr("speedup", t.speedup)
+            trial.set_user_attr("speedup_ci", [t.low, t.high])
+        cand = {"accuracy": acc, "size_bytes": size, "latency_ms": lat}
+        base = dict(shared.base, latency_ms=base_lat)
+        viol = shared.budget.violations(base, cand)
+        trial.set_user_attr("size_bytes", int(size))
+        trial.set_user_attr("onnx_bytes", int(art["deployed_bytes"]))   # the deployed file, any runtime
+        trial.set_user_attr("storage_bytes", int(art["storage_bytes"]))
+        trial.set_user_attr("latency_ms", lat)
+        trial.set_user_attr("base_latency_ms", base_lat)
+        trial.set_user_attr("violations", viol)
+        set_constraints(trial, constraint_values(shared, cand, base))
+        trial.set_user_attr("duration_s", time.time() - t0)
+        keep_if_best(trial, shared, model, recipe, art, not viol)
+    finally:
+        shutil.rmtree(tdir, ignore_errors=True)   # the best trial's files were copied to best/
+    lat_ratio = (lat / base_lat) if (lat and base_lat) else 1.0
+    return acc, float(size), float(lat_ratio)
+
+
+def speedup(shared, cand_path, max_time_s: float = 10.0, batch: int | None = None):
+    """Candidate vs the fp32 baseline on the budget's runtime, interleaved rounds (median of ratios).
+    ``latency_ms`` figures are the ratio applied to the baseline's median, so that what the
+    sampler and the report see is the robust ratio, not two independently noisy medians."""
+    from autocompress import targets
+    from autocompress.measure.timing import interleaved_speedup
+
+    b = batch or shared.budget.latency_batch
+    x = np.random.default_rng(0).random((b, *shared.data.input_shape), dtype=np.float32)
+    target = targets.require(shared.budget.runtime)
+    runs = [(lambda r=target.load(p, shared.budget.threads): r(x)) for p in (shared.base_onnx, cand_path)]
+    t = interleaved_speedup(runs[0], runs[1], max_time_s=max_time_s)
+    t.cand_ms = t.ref_ms / t.speedup
+    return t
+
+
+def set_constraints(trial, values: dict[str, float]) -> None:
+    for k, v in values.items():
+        trial.set_constraint(k, float(v))
+    trial.set_user_attr("constraints", list(values.values()))   # kept for ranking "best so far"
+
+
+def constraint_values(shared, cand: dict, base: dict) -> dict[str, float]:
+    """Optuna constraint form: each value <= 0 means satisfied (scaled to be comparable)."""
+    b = shared.budget
+    out = {"accuracy": shared.budget.allowed_accuracy(base["accuracy"]) - cand["accuracy"]}
+    if b.min_size_ratio is not None:
+        out["size_ratio"] = b.min_size_ratio / (base["fp32_bytes"] / cand["size_bytes"]) - 1.0
+    if b.max_size_bytes is not None:
+        out["size_bytes"] = cand["size_bytes"] / b.max_size_bytes - 1.0
+    if b.min_speedup is not None and cand["latency_ms"] and base["latency_ms"]:
+        out["speedup"] = b.min_speedup / (base["latency_ms"] / cand["latency_ms"]) - 1.0
+    if b.max_latency_ms is not None and cand["latency_ms"]:
+        out["latency_ms"] = cand["latency_ms"] / b.max_latency_ms - 1.0
+    return out
+
+
+def score(attrs: dict, budget) -> tuple:
+    """Order for 'best so far': feasible first, then the objective, then accuracy."""
+    feasible = not attrs.get("violations", ["?"])
+    acc = attrs.get("val_accuracy", 0.0)
+    size = attrs.get("size_bytes", math.inf)
+    lat = attrs.get("latency_ms") or math.inf
+    base_lat = attrs.get("base_latency_ms") or 1.0
+    if budget.objective == "fastest":
+        key = (lat / base_lat, -acc)
+    elif budget.objective == "most_accurate":
+        key = (-acc, size)
+    else:  # smallest, and pareto (reported as the whole front; "best" = smallest)
+        key = (size, -acc)
+    # infeasible trials rank by how far they miss (sum of positive constraint values)
+    miss = sum(max(c, 0.0) for c in attrs.get("constraints", [1.0]))
+    return (0, *key) if feasible else (1, miss, *key)
+
+
+def keep_if_best(trial, shared, model, recipe, art, feasible: bool) -> None:
+    """After every trial the best model so far and its recipe are on disk (atomic replace)."""
+    best_dir = shared.out_dir / "best"
+    best_dir.mkdir(exist_ok=True)
+    meta_path = best_dir / "best.json"
+    attrs = dict(trial.user_attrs)
+    if meta_path.exists():
+        try:
+            prev = json.loads(meta_path.read_text())
+            if score(prev["attrs"], shared.budget) <= score(attrs, shared.budget):
+                return
+        except (json.JSONDecodeError, KeyError):
+            pass
+    shared.best_model = (trial.number, model)   # this process's copy, exactly as deployed
+    for key in ("deployed", "storage"):
+        name = Path(art[key]).name           # model.onnx / model.pte, model.acz
+        tmp = best_dir / (name + ".tmp")
+        tmp.write_bytes(Path(art[key]).read_bytes())
+        os.replace(tmp, best_dir / name)
+    recipe.to_yaml(best_dir / "recipe.yaml.tmp")
+    os.replace(best_dir / "recipe.yaml.tmp", best_dir / "recipe.yaml")
+    tmp = best_dir / "best.json.tmp"
+    tmp.write_text(json.dumps({"trial": trial.number, "attrs": attrs, "feasible": feasible}, indent=1))
+    os.replace(tmp, meta_path)
+    log.info("trial %d is the best so far (%s)", trial.number, "meets budget" if feasible else "budget not met yet")
