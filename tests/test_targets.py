@@ -147,3 +147,17 @@ def test_check_gates_a_pte_on_executorch(lenet5, tmp_path):
     with pytest.raises(CheckInputError, match="different runtimes"):
         run_check(cand, data, budget=Budget(), reference_onnx=targets.get("onnxruntime").export(
             model, x[:1], tmp_path / "fp32.onnx"), limit=100)
+
+
+@needs_executorch
+def test_check_exports_an_artifact_for_the_reference_runtime(lenet5, tmp_path):
+    """check(artifact=..., reference .pte): the candidate is exported to .pte and timed there."""
+    from autocompress.check import check
+    from autocompress.encode import save_compressed
+    model, data, x = lenet5
+    ref = targets.get("executorch").export(model, x[:1], tmp_path / "fp32.pte")
+    acz = tmp_path / "m.acz"
+    save_compressed(model, acz)
+    res = check(artifact=acz, reference_onnx=ref, data=data, budget=Budget(max_drop=0.5, latency_batch=4),
+                limit=200)
+    assert res.passed and res.figures["candidate_ms"] > 0, res.items

@@ -131,17 +131,20 @@ def _load_compressed(path: Path, model_factory: Callable[[], nn.Module] | None =
 
 
 def onnx_from_model(model: nn.Module, data: Splits, path: Path) -> Path:
-    from autocompress.export import export_onnx
+    """Export ``model`` for the runtime its file suffix names (.onnx, .pte)."""
+    from autocompress import targets
 
-    return export_onnx(model.eval(), data.example_input(1), path)
+    return targets.for_file(path).export(model.eval(), data.example_input(1), path)
 
 
 def onnx_from_artifact(artifact: str | Path, data: Splits, workdir: Path,
-                       model_factory: Callable[[], nn.Module] | None = None) -> tuple[Path, int]:
-    """Load a compressed storage artifact, export it; return (ONNX path, artifact bytes)."""
+                       model_factory: Callable[[], nn.Module] | None = None,
+                       suffix: str = ".onnx") -> tuple[Path, int]:
+    """Load a compressed storage artifact, export it (``suffix``: which runtime's file); return
+    (deployed path, artifact bytes)."""
     artifact = Path(artifact)
     model = _load_compressed(artifact, model_factory)
-    return onnx_from_model(model, data, workdir / "candidate.onnx"), artifact.stat().st_size
+    return onnx_from_model(model, data, workdir / f"candidate{suffix}"), artifact.stat().st_size
 
 
 # -- the check itself ----------------------------------------------------------------------------
@@ -298,19 +301,28 @@ def check(*, config: Any = None, weights: str | None = None, onnx: str | Path | 
     with tempfile.TemporaryDirectory(prefix="autocompress-check-") as d:
         tmp = Path(d)   # exported reference/candidate live only as long as the check
         reference = Path(reference_onnx) if reference_onnx else None
+        # files we export are for the runtime of the file given, else the budget's
+        given = onnx or reference_onnx
+        suffix = Path(given).suffix if given else _runtime_suffix(budget, baseline, config)
         fp32 = storage = None
         if config is not None:
             model = runconfig.load_model(config, weights=weights)
             fp32 = fp32_bytes(model)
             if reference is None:
-                reference = onnx_from_model(model, data, tmp / "reference.onnx")
+                reference = onnx_from_model(model, data, tmp / f"reference{suffix}")
         if artifact is not None:
             factory = runconfig.model_factory(config) if config is not None else None
-            candidate, storage = onnx_from_artifact(artifact, data, tmp, factory)
+            candidate, storage = onnx_from_artifact(artifact, data, tmp, factory, suffix)
         else:
             candidate = Path(onnx) if onnx is not None else reference
         return run_check(candidate, data, baseline=baseline, budget=budget, reference_onnx=reference,
                          storage_bytes=storage, fp32_bytes=fp32, tolerance=tolerance, limit=limit)
+
+
+def _runtime_suffix(budget: Budget | None, baseline: dict | None, config: Any) -> str:
+    from autocompress import targets
+    b = budget or getattr(config, "budget", None) or budget_from(baseline, None)
+    return targets.require(b.runtime).suffix
 
 
 def read_baseline(path: str | Path) -> dict:
