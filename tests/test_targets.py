@@ -130,7 +130,7 @@ def test_compress_on_executorch_measures_there_and_writes_model_pte(tmp_path):
     assert acc == pytest.approx(res.final.ort_accuracy["test"], abs=1e-9)
     assert np.isfinite(res.final.onnx_bytes) and res.final.onnx_bytes < res.baseline.onnx_bytes
     md = (tmp_path / "out" / "report.md").read_text()   # the report names the runtime it measured on
-    assert "deployed .pte file" in md and "(ExecuTorch)" in md
+    assert "deployed .pte file" in md and "(ExecuTorch (XNNPACK))" in md
 
 
 @needs_executorch
@@ -161,3 +161,40 @@ def test_check_exports_an_artifact_for_the_reference_runtime(lenet5, tmp_path):
     res = check(artifact=acz, reference_onnx=ref, data=data, budget=Budget(max_drop=0.5, latency_batch=4),
                 limit=200)
     assert res.passed and res.figures["candidate_ms"] > 0, res.items
+
+
+class _ToyTarget(targets.Target):
+    """A third runtime written in one place: torch.export's own .pt2 archive, run by PyTorch."""
+
+    name, suffix, package, label = "toy", ".pt2", "torch", "torch.export (toy)"
+
+    def export(self, model, example, path, *, quantized=False, calibration=None, **opts):
+        ep = torch.export.export(model.eval(), (example.expand(4, *example.shape[1:]),),
+                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+        torch.export.save(ep, str(path))
+        return path
+
+    def load(self, path, threads=1):
+        m = torch.export.load(str(path)).module()
+        return lambda x: m(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).detach().numpy()
+
+
+def test_a_new_target_is_one_registered_class(monkeypatch, tmp_path):
+    """Issue 14: registering a Target is all a runtime needs; the search measures on it, the
+    result deploys its file, the report names it (no other file changed)."""
+    from autocompress.targets import base
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(base, "_LOADED", dict(base._LOADED))
+    targets.register("toy", _ToyTarget)
+    assert "toy" in targets.available()
+    full = load_mnist(flat=True)
+    data = Splits(Subset(full.train, range(1000)), Subset(full.val, range(300)),
+                  Subset(full.test, range(300)), full.input_shape, 10)
+    budget = Budget(max_drop=50.0, objective="fastest", max_trials=1, latency_batch=8, runtime="toy")
+    res = compress(_tiny_mlp().eval(), data, budget, techniques=("prune",), out_dir=tmp_path, quick=True,
+                   seeds=[Recipe(sparsity=0.5, finetune_epochs=0.1, distill=False)])
+    assert res.trials[0].state == "complete", res.trials[0].note
+    assert res.trials[0].latency_ms and res.final.runtime == "toy"
+    assert (tmp_path / "model.pt2").exists() and not (tmp_path / "model.onnx").exists()
+    md = (tmp_path / "report.md").read_text()
+    assert "(torch.export (toy))" in md and "deployed .pt2 file" in md

@@ -70,6 +70,7 @@ class Measurement:
     latency_ms: dict[int, float] = field(default_factory=dict)
     onnx_path: str | None = None
     runtime: str = "onnxruntime"
+    runtime_label: str | None = None   # how reports name the runtime (the target's label)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,6 +100,7 @@ def measure(model: nn.Module, data: Splits, name: str = "model", *, splits: tupl
     m = Measurement(name, count_params(model), count_nonzero(model), count_macs(model, example),
                     fp32_bytes(model), runtime=runtime)
     target = targets.require(runtime)
+    m.runtime_label = target.label
     for s in splits:
         m.accuracy[s] = evaluate(model, data.loader(s, 1000, limit=limit))
     if onnx_path is None and export:

@@ -32,15 +32,18 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-# how the report names a measurement's runtime and its deployed file (the document carries the
-# runtime's registry name; unknown names are shown as they are)
-_RUNTIMES = {"onnxruntime": ("ONNX Runtime", "ONNX file"), "executorch": ("ExecuTorch", ".pte file")}
+# how the report names a measurement's runtime and its deployed file: the document carries the
+# target's label and the file's path; reports written before targets existed are ONNX Runtime's
+_FILES = {".onnx": "ONNX file", ".pte": ".pte file"}
 
 
 def runtime_of(m: dict | None) -> tuple[str, str]:
     """(runtime label, deployed file label) of a measurement dict."""
-    name = (m or {}).get("runtime") or "onnxruntime"
-    return _RUNTIMES.get(name, (name, f"{name} file"))
+    m = m or {}
+    suffix = "." + str(m.get("onnx_path") or "model.onnx").rpartition(".")[2]
+    label = m.get("runtime_label") or ("ONNX Runtime" if (m.get("runtime") or "onnxruntime") == "onnxruntime"
+                                       else m["runtime"])
+    return label, _FILES.get(suffix, f"{suffix} file")
 
 
 def accuracy_of(m: dict | None, split: str = "test") -> tuple[float | None, str]:
