@@ -82,8 +82,8 @@ def test_help_lists_commands_and_exit_codes(capsys):
     for word in ("demo", "run", "resume", "apply", "inspect", "export", "check", "exit codes", "130"):
         assert word in out
     sub = build_parser()._subparsers._group_actions[0].choices
-    for name, p in sub.items():
-        assert p.format_help().count("exit codes") == 1, name
+    for name, p in sub.items():   # the table only where the exit status means something
+        assert p.format_help().count("exit codes") == (name not in ("train", "inspect")), name
 
 
 def test_run_then_resume(project, monkeypatch, capsys):

@@ -1,7 +1,7 @@
 """autocompress: automatic neural-network compression, measured on ONNX Runtime.
 
-Public surface. Importing the package stays lean: the techniques and the search (which pull in
-torch-pruning, optuna, onnx, onnxruntime) load on first use of their names.
+Public surface. Importing the package stays lean: every name, torch included, loads on first use
+(``__getattr__`` below), so ``import autocompress`` and ``autocompress --help`` do not pay for torch.
 
     import autocompress as ac
     result = ac.compress(model, ac.load_mnist(), ac.Budget(max_drop=0.3, min_size_ratio=20))
@@ -9,14 +9,15 @@ torch-pruning, optuna, onnx, onnxruntime) load on first use of their names.
 
 from importlib import import_module
 
-from autocompress.config import Config, ConfigError
-from autocompress.data import DataError, Splits, from_datasets, load_mnist, load_npz
-from autocompress.train import TrainConfig, evaluate, fit
+from autocompress.config import Config, ConfigError   # no torch: plain dataclasses + YAML
 
 __version__ = "0.1.0"
 
 # name -> module that defines it (one verb per technique, plus the automatic loop)
 _LAZY = {
+    "DataError": "autocompress.data", "Splits": "autocompress.data", "from_datasets": "autocompress.data",
+    "load_mnist": "autocompress.data", "load_npz": "autocompress.data",
+    "TrainConfig": "autocompress.train", "evaluate": "autocompress.train", "fit": "autocompress.train",
     "prune_": "autocompress.prune", "PruneConfig": "autocompress.prune",
     "prune_channels_": "autocompress.prune", "StructuredPruneConfig": "autocompress.prune",
     "sensitivity": "autocompress.prune",
@@ -40,5 +41,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'autocompress' has no attribute {name!r}")
 
 
-__all__ = ["Config", "ConfigError", "DataError", "Splits", "TrainConfig", "evaluate", "fit",
-           "from_datasets", "load_mnist", "load_npz", "__version__", *_LAZY]
+__all__ = ["Config", "ConfigError", "__version__", *_LAZY]

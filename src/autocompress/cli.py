@@ -38,7 +38,7 @@ def _config(path: str, out: str | None = None, **overrides: Any):
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
-    cfg.validate()
+    cfg.revalidate()
     return cfg
 
 
@@ -249,28 +249,48 @@ def _p_run(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, help="random seed (default: config)")
 
 
+def _verbosity(p: argparse.ArgumentParser, top: bool) -> None:
+    # on the subcommands too (`autocompress run cfg.yaml -q`); SUPPRESS there keeps a flag given
+    # before the subcommand from being reset by the subparser's default
+    d = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("-v", "--verbose", action="store_true", help="detail: INFO and DEBUG logging", **d)
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress lines", **d)
+
+
+# commands whose exit status says more than "it ran": only they print the exit-code table
+_EXIT_CODE_COMMANDS = {"run", "resume", "apply", "export", "check", "demo"}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from autocompress import __version__
+
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
         prog="autocompress", formatter_class=fmt, epilog=EXIT_CODES,
         description="Compress a trained PyTorch model automatically within a budget, deploy it to ONNX Runtime "
                     "and measure size, latency and accuracy.\nTypical loop: run -> (next sprint) apply -> check in CI.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    p.add_argument("--version", action="version", version=f"autocompress {__version__}")
+    _verbosity(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt, epilog=EXIT_CODES)
+        epilog = EXIT_CODES if name in _EXIT_CODE_COMMANDS else None
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt, epilog=epilog)
         sp.set_defaults(func=fn)
+        _verbosity(sp, top=False)
         return sp
 
-    sp = add("demo", cmd_demo, "compress a bundled LeNet on MNIST and print the before/after table")
-    sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5")
+    models_help = "bundled model: lenet5 (LeNet-5, conv) or lenet300 (LeNet-300-100, MLP) (default lenet5)"
+    sp = add("demo", cmd_demo, "compress a bundled LeNet on MNIST and print the before/after table "
+                               "(the search stops after 8 trials or 8 minutes; setup and export add a few minutes)")
+    sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5", help=models_help)
     sp.add_argument("--out", help="output folder (default: out/demo-MODEL)")
-    sp.add_argument("--quick", action="store_true", help="a short run (seconds, not minutes)")
+    sp.add_argument("--quick", action="store_true",
+                    help="smoke run: 2 trials (or 2 minutes of search) on a data subset with a looser "
+                         "budget; still minutes, and not the demo's result")
 
     sp = add("train", cmd_train, "retrain a bundled baseline (fixed seed) and save its weights")
-    sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5")
+    sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5", help=models_help)
 
     _p_run(add("run", cmd_run, "search for the best compression of the config's model within its budget; "
                                "writes OUT/run.yaml, reports, model.onnx, the artifact and recipe.yaml"))
@@ -280,14 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="worker processes (default: as before)")
 
     sp = add("apply", cmd_apply, "replay a found recipe on a retrained model of the same architecture, "
-                                 "without searching (only the recipe's fine-tune)")
+                                 "without searching: the work of one trial (its fine-tune included) instead "
+                                 "of a whole search")
     sp.add_argument("recipe", help="recipe YAML written by a run (OUT_DIR/recipe.yaml)")
     sp.add_argument("--config", required=True, help="run config naming the model, data and budget")
     sp.add_argument("--weights", help="weights of the retrained model (overrides the config's)")
     sp.add_argument("--out", help="output folder (default: CONFIG out_dir/apply)")
 
-    sp = add("inspect", cmd_inspect, "per-layer sensitivity of the config's model to each technique")
-    sp.add_argument("config")
+    sp = add("inspect", cmd_inspect, "per-layer sensitivity of the config's model to pruning (unstructured "
+                                     "and channel pruning, one layer at a time, validation split)")
+    sp.add_argument("config", help="run config (YAML) naming the model, its weights and data")
     sp.add_argument("--weights", help="weights (overrides the config's)")
     sp.add_argument("--out", help="output folder (default: CONFIG out_dir/inspect)")
 
@@ -327,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
+def _setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     # Our loggers at `level`; other libraries (exporter, optimisers) at WARNING unless -v.
     # basicConfig leaves handlers a host (or pytest) installed alone.
@@ -342,7 +364,7 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     from autocompress.check import CheckInputError
     from autocompress.config import ConfigError
     from autocompress.data import DataError

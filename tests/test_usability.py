@@ -1,0 +1,105 @@
+"""Honest, quiet and quick to use: typos fail when a config is built in Python, the CLI answers
+``--help``/``--version`` without importing torch and takes ``-q``/``-v`` anywhere."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autocompress.config import ConfigError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _configs():
+    from autocompress.prune import PruneConfig
+    from autocompress.search import Budget, Recipe
+    from autocompress.train import TrainConfig
+    return Budget, Recipe, PruneConfig, TrainConfig
+
+
+@pytest.mark.parametrize("make, field, bad, suggestion", [
+    ("Budget", "objective", "smalest", "smallest"),
+    ("Budget", "drop_mode", "relativ", "relative"),
+    ("Recipe", "quant", "int4", "int8"),
+    ("PruneConfig", "importance", "l3", None),
+    ("TrainConfig", "optimizer", "adamw", "adam"),
+])
+def test_literal_typos_rejected_when_built(make, field, bad, suggestion):
+    cls = dict(zip(("Budget", "Recipe", "PruneConfig", "TrainConfig"), _configs()))[make]
+    with pytest.raises(ConfigError) as e:
+        cls(**{field: bad})
+    msg = str(e.value)
+    assert f"{make}.{field}" in msg and repr(bad) in msg      # names the field and the bad value
+    allowed = list(__import__("typing").get_args(__import__("typing").get_type_hints(cls)[field]))
+    assert all(repr(a) in msg for a in allowed)                 # and lists what is allowed
+    if suggestion:
+        assert f"did you mean {suggestion!r}" in msg
+
+
+@pytest.mark.parametrize("field, bad", [("max_drop", math.nan), ("min_size_ratio", math.nan),
+                                        ("max_drop", math.inf), ("time_limit_s", -math.inf),
+                                        ("max_drop", "0.3"), ("max_trials", 2.5), ("threads", True)])
+def test_budget_numbers_must_be_finite_numbers(field, bad):
+    Budget = _configs()[0]
+    with pytest.raises(ConfigError, match=f"Budget.{field}"):
+        Budget(**{field: bad})
+
+
+def test_nested_and_container_fields_checked():
+    Budget, Recipe, PruneConfig, _ = _configs()
+    with pytest.raises(ConfigError, match=r"Recipe.layer_ratios\['conv1'\]"):
+        Recipe(layer_ratios={"conv1": math.nan})
+    with pytest.raises(ConfigError, match=r"PruneConfig.kinds\[1\].*'lineer'.*did you mean 'linear'"):
+        PruneConfig(kinds=["conv", "lineer"])
+    from autocompress.runconfig import RunConfig
+    with pytest.raises(ConfigError, match=r"RunConfig.techniques\[0\].*did you mean 'prune'"):
+        RunConfig(model="lenet5", data="mnist", techniques=["prunee"])
+    # valid values still build, and assignment is re-checked on request
+    b = Budget(objective="pareto", drop_mode="relative", max_drop=1)
+    b.objective = "fastst"
+    with pytest.raises(ConfigError, match="did you mean 'fastest'"):
+        b.revalidate()
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"})
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys\nfrom autocompress.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['run', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, argv\n"
+            "import autocompress\nassert autocompress.ConfigError\n"
+            "print('TORCH' if 'torch' in sys.modules else 'LEAN')")
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("LEAN") and "autocompress 0." in r.stdout
+    r = _run("import autocompress, sys; autocompress.Splits; print('torch' in sys.modules)")
+    assert r.stdout.strip() == "True"      # the lazy names still resolve
+
+
+def test_verbosity_flags_anywhere():
+    from autocompress.cli import build_parser
+    p = build_parser()
+    assert p.parse_args(["-q", "run", "c.yaml"]).quiet
+    a = p.parse_args(["run", "c.yaml", "-q"])
+    assert a.quiet and not a.verbose
+    assert p.parse_args(["check", "--onnx", "m.onnx", "-v"]).verbose
+    assert not p.parse_args(["run", "c.yaml"]).quiet
+
+
+def test_help_texts_are_there_and_true():
+    from autocompress.cli import build_parser
+    sub = build_parser()._subparsers._group_actions[0].choices
+    inspect_help = sub["inspect"].format_help()
+    assert "run config (YAML)" in inspect_help and "pruning" in inspect_help
+    assert "each technique" not in inspect_help
+    demo = sub["demo"].format_help()
+    assert "lenet300" in demo and "LeNet-300-100" in demo and "seconds" not in demo
+    assert "well under a minute" not in sub["apply"].format_help()
