@@ -55,7 +55,7 @@ def _finish(result: Any, out: Path, what: str) -> int:
     if not result.met and report.get("blocking_layers"):
         print("layers that block it: " + ", ".join(report["blocking_layers"]))
     written = sorted(p.name for p in out.iterdir() if p.is_file() and p.suffix in (".html", ".md", ".json", ".onnx",
-                                                                                   ".acz", ".yaml"))
+                                                                                   ".pte", ".acz", ".yaml"))
     print(f"results in {out}: {', '.join(written)}")
     return OK if result.met else NOT_MET
 
@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5", help=models_help)
 
     _p_run(add("run", cmd_run, "search for the best compression of the config's model within its budget; "
-                               "writes OUT/run.yaml, reports, model.onnx, the artifact and recipe.yaml"))
+                               "writes OUT/run.yaml, reports, model.onnx (model.pte with budget.runtime: "
+                               "executorch), the artifact and recipe.yaml"))
 
     sp = add("resume", cmd_resume, "continue an interrupted or finished run in OUT_DIR (same study)")
     sp.add_argument("out_dir", help="the output folder of an earlier `autocompress run`")
