@@ -97,7 +97,13 @@ def module_spec(m: nn.Module, path: str = "") -> dict[str, Any]:
     return {"type": name, "kwargs": LAYERS[name][1](m)}
 
 
-def build_spec(spec: Any, path: str = "") -> nn.Module:
+_MAX_DEPTH = 64
+_REFUSED_KWARGS = {"device", "dtype"}      # where and in what type is ours to decide, not the file's
+
+
+def build_spec(spec: Any, path: str = "", depth: int = 0) -> nn.Module:
+    if depth > _MAX_DEPTH:
+        raise ArchError(f"architecture at {path or '<root>'}: nested deeper than {_MAX_DEPTH} levels")
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         raise ArchError(f"architecture at {path or '<root>'}: malformed module spec")
     t = spec["type"]
@@ -109,18 +115,23 @@ def build_spec(spec: Any, path: str = "") -> nn.Module:
         for item in children:
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
                 raise ArchError(f"architecture at {path}: malformed Sequential child")
-            seq.add_module(item[0], build_spec(item[1], f"{path}.{item[0]}".lstrip(".")))
+            if not item[0] or "." in item[0] or item[0] in seq._modules:
+                raise ArchError(f"architecture at {path}: bad or repeated child name {item[0]!r}")
+            seq.add_module(item[0], build_spec(item[1], f"{path}.{item[0]}".lstrip("."), depth + 1))
         return seq
     if t not in LAYERS:
         raise ArchError(f"architecture at {path or '<root>'}: unknown layer type {t!r}")
     kwargs = spec.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise ArchError(f"architecture at {path}: kwargs must be a mapping")
+    if _REFUSED_KWARGS & set(kwargs):
+        raise ArchError(f"architecture at {path or '<root>'}: {t} may not set {sorted(_REFUSED_KWARGS & set(kwargs))}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     try:
         return LAYERS[t][0](**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ArchError(f"architecture at {path or '<root>'}: cannot build {t}({kwargs}): {e}") from None
+    except Exception as e:              # any constructor complaint means the description is bad
+        raise ArchError(f"architecture at {path or '<root>'}: cannot build {t}({kwargs}): "
+                        f"{type(e).__name__}: {e}"[:500]) from None
 
 
 def _kind(m: nn.Module) -> type:
@@ -195,19 +206,29 @@ def describe(model: nn.Module, model_factory: Callable[[], nn.Module] | None = N
         raise ArchError(f"cannot describe {type(model).__name__} without a model_factory: {e}") from None
 
 
-def rebuild(arch: Any, model_factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+def rebuild(arch: Any, model_factory: Callable[[], nn.Module] | None = None,
+            device: str | None = None) -> nn.Module:
+    """Build the model ``arch`` describes. ``device="meta"`` builds the bundled model and every spec
+    without memory (to check sizes before allocating); the caller's ``model_factory`` always runs as is."""
+    import contextlib
+
+    import torch
+
     from autocompress.models.lenet import MODELS
 
+    on = (lambda: torch.device(device)) if device else contextlib.nullcontext
     if not isinstance(arch, dict):
         raise ArchError("architecture description is not a mapping")
     kind = arch.get("kind")
     if kind == "spec":
-        return build_spec(arch.get("tree"))
+        with on():
+            return build_spec(arch.get("tree"))
     if kind == "registry":
         name = arch.get("name")
-        if name not in MODELS:
+        if not isinstance(name, str) or name not in MODELS:
             raise ArchError(f"architecture names bundled model {name!r}; known: {sorted(MODELS)}")
-        return apply_overrides(MODELS[name][0](), arch.get("overrides", {}))
+        with on():
+            return apply_overrides(MODELS[name][0](), arch.get("overrides", {}))
     if kind == "factory":
         if model_factory is None:
             raise ArchError(f"this artifact holds a custom model ({arch.get('label')}): pass "
@@ -216,7 +237,8 @@ def rebuild(arch: Any, model_factory: Callable[[], nn.Module] | None = None) -> 
         if type(model).__qualname__ != arch.get("label"):
             raise ArchError(f"model_factory built a {type(model).__qualname__}, the artifact holds a "
                             f"{arch.get('label')}")
-        return apply_overrides(model, arch.get("overrides", {}))
+        with on():
+            return apply_overrides(model, arch.get("overrides", {}))
     raise ArchError(f"unknown architecture kind {kind!r}")
 
 

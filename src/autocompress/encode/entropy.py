@@ -40,6 +40,9 @@ def pack_bits(sym: np.ndarray, width: int) -> bytes:
 def unpack_bits(data: bytes, n: int, width: int) -> np.ndarray:
     if width == 0:
         return np.zeros(n, dtype=np.int64)
+    if n * width > 8 * len(data):
+        raise CodecError(f"bit-packed stream too short: {8 * len(data)} bits for {n} x {width}")
+    data = data[:(n * width + 7) // 8]
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
     if len(bits) < n * width:
         raise CodecError(f"bit-packed stream too short: {len(bits)} bits for {n} x {width}")
@@ -99,10 +102,16 @@ def _unpack_table(data: bytes, alphabet: int) -> tuple[np.ndarray, int]:
     if data[:1] != b"\x01":
         raise CodecError("Huffman table: unknown table format")
     d = zstandard.ZstdDecompressor().decompressobj()
-    lens = np.frombuffer(d.decompress(data[1:]), dtype=np.uint8)
-    if len(lens) != alphabet:
+    out, fed = bytearray(), 1
+    while fed < len(data) and not d.eof:                # small pieces: a crafted table cannot balloon
+        out += d.decompress(data[fed:fed + 64])
+        fed = min(fed + 64, len(data))
+        if len(out) > alphabet:
+            raise CodecError(f"Huffman table holds more than {alphabet} lengths")
+    lens = np.frombuffer(bytes(out), dtype=np.uint8)
+    if len(lens) != alphabet or not d.eof:
         raise CodecError(f"Huffman table holds {len(lens)} lengths, expected {alphabet}")
-    return lens.astype(np.int64), len(data) - len(d.unused_data)
+    return lens.astype(np.int64), fed - len(d.unused_data)
 
 
 def huffman_encode(sym: np.ndarray, alphabet: int) -> bytes:
@@ -126,6 +135,10 @@ def huffman_encode(sym: np.ndarray, alphabet: int) -> bytes:
 def huffman_decode(data: bytes, n: int, alphabet: int) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if n > 8 * len(data):                              # every symbol takes at least one bit
+        raise CodecError(f"Huffman stream of {len(data)} bytes cannot hold {n} symbols")
+    if alphabet > 1 << MAX_CODE_LEN:
+        raise CodecError(f"Huffman alphabet {alphabet} is larger than {1 << MAX_CODE_LEN}")
     lens, used = _unpack_table(data, alphabet)
     if lens.max() > MAX_CODE_LEN or lens.max() == 0:
         raise CodecError("Huffman table is invalid")
@@ -196,7 +209,9 @@ def _lzma_enc(sym: np.ndarray, alphabet: int) -> bytes:
 
 def _lzma_dec(data: bytes, n: int, alphabet: int) -> np.ndarray:
     try:
-        raw = lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        per = 1 if alphabet <= 256 else 2 if alphabet <= 65536 else 4
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        raw = d.decompress(data, max_length=n * per + 1)   # never more than the declared symbols
     except lzma.LZMAError as e:
         raise CodecError(f"lzma: {e}") from None
     return _from_bytes(raw, n, alphabet)

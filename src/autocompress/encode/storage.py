@@ -19,7 +19,8 @@ Index symbols are laid out ``dense`` (zero is a symbol) or ``sparse`` (relative 
 non-zeros as gaps capped at ``cap``, a gap symbol ``cap`` meaning "skip cap zeros", plus the non-zero
 symbols), then each stream goes through the smallest of bit-packing, Huffman, zstd and lzma.
 Every encoding is decoded again and compared bit-for-bit before it is accepted, so loading restores
-exactly the tensors that were saved and the model's outputs are bit-identical.
+exactly the tensors that were saved and the model's outputs are bit-identical. Reading (which trusts
+no number in the file) is :mod:`autocompress.encode.reader`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 import zstandard
 from torch import nn
 
+from autocompress import safefs
 from autocompress.encode import entropy
 from autocompress.encode.archspec import ArchError, describe, rebuild
 
@@ -46,7 +48,6 @@ MAGIC = b"ACMP"
 VERSION = 1
 _HEAD = struct.Struct("<4sBII")          # magic, version, crc32, payload length
 _GAP_CAPS = (15, 31, 63, 127, 255)
-_MAX_ELEMS = 1 << 31                     # sanity bound on decoded sizes (no memory bombs)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
            "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
@@ -297,22 +298,6 @@ def _pack_meta(meta: dict) -> tuple[int, bytes]:
     return min(options, key=lambda o: len(o[1]))
 
 
-def _unpack_meta(kind: int, data: bytes) -> dict:
-    try:
-        if kind == 1:
-            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 28)
-        elif kind == 2:
-            data = lzma.decompress(data, format=lzma.FORMAT_RAW, filters=entropy._LZMA_FILTERS)
-        elif kind != 0:
-            raise StorageError(f"unknown metadata coder {kind}")
-        meta = json.loads(data)
-    except (zstandard.ZstdError, lzma.LZMAError, ValueError) as e:
-        raise StorageError(f"metadata cannot be read: {e}") from None
-    if not isinstance(meta, dict) or "arch" not in meta or "tensors" not in meta:
-        raise StorageError("metadata lacks the architecture or the tensor table")
-    return meta
-
-
 def save_compressed(model: nn.Module, path: str | Path, *,
                     model_factory: Callable[[], nn.Module] | None = None,
                     int8_scales: dict[str, torch.Tensor] | None = None,
@@ -344,8 +329,7 @@ def save_compressed(model: nn.Module, path: str | Path, *,
     payload = b"".join([struct.pack("<BI", kind, len(mbytes)), mbytes, *blobs])
     data = _HEAD.pack(MAGIC, VERSION, zlib.crc32(payload), len(payload)) + payload
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    safefs.write_bytes(path, data)               # atomic, never through a planted symlink
     log.info("save_compressed: %s, %d bytes", path, len(data))
     return len(data)
 
@@ -360,70 +344,13 @@ def _check_keys(sd: dict, ref: dict, a: str, b: str) -> None:
                                f"{tuple(ref[k].shape)} {ref[k].dtype}")
 
 
-def _read(path: str | Path) -> tuple[dict, bytes, int]:
-    path = Path(path)
-    if not path.exists():
-        raise StorageError(f"{path}: file does not exist")
-    data = path.read_bytes()
-    if len(data) < _HEAD.size or data[:4] != MAGIC:
-        raise StorageError(f"{path}: not an autocompress artifact (bad magic)")
-    _, version, crc, plen = _HEAD.unpack_from(data)
-    if version > VERSION:
-        raise StorageError(f"{path}: format version {version} is newer than this reader ({VERSION})")
-    payload = data[_HEAD.size:]
-    if len(payload) < plen:
-        raise StorageError(f"{path}: truncated: {len(payload)} of {plen} payload bytes present")
-    if len(payload) > plen:
-        raise StorageError(f"{path}: {len(payload) - plen} unexpected trailing bytes")
-    if zlib.crc32(payload) != crc:
-        raise StorageError(f"{path}: checksum mismatch: the file is corrupted")
-    kind, mlen = struct.unpack_from("<BI", payload)
-    meta = _unpack_meta(kind, payload[5:5 + mlen])
-    return meta, payload, 5 + mlen
-
-
 def load_compressed(path: str | Path, model_factory: Callable[[], nn.Module] | None = None) -> nn.Module:
-    """Rebuild the model stored by :func:`save_compressed` (eval mode, bit-identical tensors)."""
-    meta, payload, off = _read(path)
-    try:
-        model = rebuild(meta["arch"], model_factory)
-    except ArchError as e:
-        raise StorageError(f"{path}: {e}") from None
-    sd = {}
-    for tm in meta["tensors"]:
-        try:
-            name, shape, dtype = tm["name"], tuple(int(s) for s in tm["shape"]), _DTYPES[tm["dtype"]]
-            streams = []
-            if any(s < 0 for s in shape) or int(np.prod(shape)) > _MAX_ELEMS:
-                raise StorageError(f"implausible shape {shape}")
-            for coder, n, alphabet, size in tm["streams"]:
-                n, alphabet, size = int(n), int(alphabet), int(size)
-                if not (0 <= n <= 4 * _MAX_ELEMS and 1 <= alphabet <= 1 << 32 and size >= 0):
-                    raise StorageError("implausible stream header")
-                if off + size > len(payload):
-                    raise StorageError("stream runs past the end of the file")
-                streams.append(entropy.decode(coder, payload[off:off + size], int(n), int(alphabet)))
-                off += size
-            t = _decode_tensor(tm, streams, shape, dtype)
-        except (KeyError, TypeError, ValueError, entropy.CodecError) as e:
-            raise StorageError(f"{path}: tensor {tm.get('name', '?')!r} cannot be decoded: {e}") from None
-        if dtype == torch.bool:
-            t = t.to(torch.bool)
-        sd[name] = t
-    if off != len(payload):
-        raise StorageError(f"{path}: {len(payload) - off} bytes of the payload were not consumed")
-    _check_keys(sd, model.state_dict(), "the artifact", "the rebuilt architecture")
-    model.load_state_dict(sd)
-    return model.eval()
+    """Rebuild the model stored by :func:`save_compressed` (see :mod:`autocompress.encode.reader`)."""
+    from autocompress.encode.reader import load_compressed as load
+    return load(path, model_factory)
 
 
 def artifact_info(path: str | Path) -> dict[str, Any]:
-    """Per-tensor encoding and byte counts of an artifact (to see where the bytes go)."""
-    meta, payload, off = _read(path)
-    rows = []
-    for tm in meta["tensors"]:
-        rows.append({"name": tm["name"], "shape": tm["shape"], "enc": tm["enc"],
-                     "layout": tm.get("layout", "-"), "coders": [s[0] for s in tm["streams"]],
-                     "bytes": sum(s[3] for s in tm["streams"])})
-    return {"file_bytes": _HEAD.size + len(payload), "meta_bytes": off - 5, "arch": meta["arch"],
-            "tensors": rows, "extra": meta.get("extra", {})}
+    """Per-tensor encoding and byte counts of an artifact (see :mod:`autocompress.encode.reader`)."""
+    from autocompress.encode.reader import artifact_info as info
+    return info(path)
