@@ -180,3 +180,23 @@ def test_keras_mnist_example_quick(tmp_path):
     assert (tmp_path / "out" / "model.onnx").exists()
     # the budget (max 5 points lost, quick) is judged on validation; on test it holds too, loosely
     assert o.compressed_ort_acc >= o.keras_acc - 0.10
+
+
+def test_compressed_export_keeps_the_files_names(tmp_path):
+    from autocompress.export.qdq import export_quantized
+    from autocompress.prune import PruneConfig, prune_
+    from autocompress.quantize import PTQConfig, quantize_
+
+    model, x = build("plain_cnn")
+    path = tmp_path / "named.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
+    conv = ac.from_onnx(path)
+    assert (conv.input_names, conv.output_names) == (["image"], ["logits"])
+    xs = batch_of("plain_cnn", 16, seed=5)
+    outs = [export_onnx(prune_(copy.deepcopy(conv), PruneConfig(sparsity=0.5)), x, tmp_path / "sparse.onnx"),
+            export_quantized(quantize_(copy.deepcopy(conv), PTQConfig(), xs), x, tmp_path / "int8.onnx")]
+    for out in outs:
+        s = session(out)
+        assert [i.name for i in s.get_inputs()] == ["image"] and [o.name for o in s.get_outputs()] == ["logits"]
+        assert s.get_inputs()[0].shape[1:] == [1, 16, 16]

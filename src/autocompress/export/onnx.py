@@ -59,15 +59,27 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
     raise ExportError(f"cannot export {type(model).__name__} to ONNX: " + " | ".join(errors))
 
 
+def _io_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    """A model converted from a file (``autocompress.frontends``) keeps the file's input/output
+    names, so the compressed ONNX drops in where the original was; other models get input/output.
+    torch's exporters refuse names that are not identifiers (Keras writes outputs such as '71')."""
+    def names(attr: str, default: str) -> list[str]:
+        v = getattr(model, attr, None)
+        ok = isinstance(v, list) and v and all(isinstance(s, str) and s.isidentifier() for s in v)
+        return list(v) if ok else [default]
+    return names("input_names", "input")[:1], names("output_names", "output")
+
+
 def _export(model: nn.Module, example: torch.Tensor, path: Path, kind: str, dynamic_batch: bool,
             opset: int) -> None:
+    ins, outs = _io_names(model)
     sink = io.StringIO()
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
         if kind == "dynamo":
             shapes = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
             prog = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=shapes,
-                                     input_names=["input"], output_names=["output"],
+                                     input_names=ins, output_names=outs,
                                      opset_version=opset, verbose=False, optimize=True)
             # save() with external_data=False: one self-contained file (deployable as is)
             prog.save(str(path), external_data=False)
@@ -75,9 +87,9 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, kind: str, dyna
             if extra.exists():
                 extra.unlink()
         else:
-            axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+            axes = {n: {0: "batch"} for n in ins + outs} if dynamic_batch else None
             torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=axes,
-                              input_names=["input"], output_names=["output"],
+                              input_names=ins, output_names=outs,
                               opset_version=opset)
 
 
