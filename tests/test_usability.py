@@ -103,3 +103,74 @@ def test_help_texts_are_there_and_true():
     demo = sub["demo"].format_help()
     assert "lenet300" in demo and "LeNet-300-100" in demo and "seconds" not in demo
     assert "well under a minute" not in sub["apply"].format_help()
+
+
+# -- progress lines and quiet logs -------------------------------------------------------------
+
+def test_progress_line_per_trial_with_eta_and_best(monkeypatch):
+    import io
+
+    import optuna
+
+    from autocompress.search import progress
+    from autocompress.search.budget import Budget
+    from autocompress.search.trial import score
+
+    monkeypatch.delenv("AUTOCOMPRESS_PROGRESS", raising=False)
+    progress.set_enabled(None)
+    sizes = [30_000, 12_000, 50_000]
+
+    def objective(t):
+        i = t.number
+        if i == 2:
+            t.set_user_attr("note", "failed: RuntimeError: boom")
+            raise RuntimeError("boom")
+        t.set_user_attr("val_accuracy", 0.99 - 0.001 * i)
+        t.set_user_attr("size_bytes", sizes[i])
+        t.set_user_attr("violations", [])
+        return float(sizes[i])
+
+    out = io.StringIO()
+    counted = lambda s: sum(t.state.name == "COMPLETE" for t in s.trials)   # noqa: E731
+    cb = progress.TrialProgress(4, counted, lambda a: score(a, Budget()), stream=out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=3, callbacks=[cb], catch=(RuntimeError,))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("search: trial 1/4 (#0) done") and "ETA ~" in lines[0] and "elapsed" in lines[0]
+    assert "30.00 kB" in lines[0] and "val 99.00 %" in lines[0]
+    assert "best so far: #1, val 98.90 %, 12.00 kB, meets the budget" in lines[1]   # smaller wins
+    assert "trial #2 fail" in lines[2] and "boom" in lines[2] and "best so far: #1" in lines[2]
+
+    progress.set_enabled(False)          # what -q does
+    try:
+        cb(study, study.trials[0])
+        assert len(out.getvalue().splitlines()) == 3
+    finally:
+        progress.set_enabled(None)
+        monkeypatch.delenv("AUTOCOMPRESS_PROGRESS", raising=False)
+
+
+def test_cli_levels_default_hides_info(monkeypatch):
+    import logging
+
+    from autocompress.cli import _setup_logging
+    from autocompress.search import progress
+
+    lg = logging.getLogger("autocompress")
+    old = lg.level
+    try:
+        _setup_logging(0, False)
+        assert lg.getEffectiveLevel() == logging.WARNING and progress.enabled()
+        _setup_logging(1, False)
+        assert lg.getEffectiveLevel() == logging.INFO
+        _setup_logging(2, False)
+        assert lg.getEffectiveLevel() == logging.DEBUG
+        _setup_logging(0, True)
+        assert lg.getEffectiveLevel() == logging.WARNING and not progress.enabled()
+    finally:
+        lg.setLevel(old)
+        progress.set_enabled(None)
+        monkeypatch.delenv("AUTOCOMPRESS_PROGRESS", raising=False)
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)

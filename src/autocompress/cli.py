@@ -253,7 +253,8 @@ def _verbosity(p: argparse.ArgumentParser, top: bool) -> None:
     # on the subcommands too (`autocompress run cfg.yaml -q`); SUPPRESS there keeps a flag given
     # before the subcommand from being reset by the subparser's default
     d = {} if top else {"default": argparse.SUPPRESS}
-    p.add_argument("-v", "--verbose", action="store_true", help="detail: INFO and DEBUG logging", **d)
+    p.add_argument("-v", "--verbose", action="count", help="more detail: -v INFO logging (phases, each "
+                   "trial's recipe), -vv DEBUG (per layer, every library)", **d)
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress lines", **d)
 
 
@@ -350,22 +351,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool = False, quiet: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    # Our loggers at `level`; other libraries (exporter, optimisers) at WARNING unless -v.
-    # basicConfig leaves handlers a host (or pytest) installed alone.
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+def _setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Default: warnings plus one progress line per trial (search/progress.py); -v our INFO lines,
+    -vv DEBUG for every library; -q warnings only. basicConfig leaves a host's (or pytest's)
+    handlers alone."""
+    from autocompress.search import progress
+
+    verbose = verbose or 0
+    level = logging.WARNING if quiet or not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("autocompress").setLevel(level)
-    if not verbose:   # the ONNX exporter warns about optional torchvision ops on every export
+    if verbose < 2:   # the ONNX exporter warns about optional torchvision ops on every export
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    progress.set_enabled(not quiet)
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"   # tqdm reads defaults from TQDM_* variables
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    _setup_logging(getattr(args, "verbose", 0) or 0, getattr(args, "quiet", False))
     from autocompress.check import CheckInputError
     from autocompress.config import ConfigError
     from autocompress.data import DataError

@@ -184,7 +184,7 @@ def cluster_(model: nn.Module, config: ClusterConfig | None = None,
         object.__setattr__(mod, _ATTR, states)
         _write(w, st)
         _hook(w, st)
-        log.info("cluster_: %s -> %d centroids over %d non-zero weights", name, len(c), vals.numel())
+        log.debug("cluster_: %s -> %d centroids over %d non-zero weights", name, len(c), vals.numel())
     return model
 
 

@@ -330,7 +330,7 @@ def save_compressed(model: nn.Module, path: str | Path, *,
     data = _HEAD.pack(MAGIC, VERSION, zlib.crc32(payload), len(payload)) + payload
     path = Path(path)
     safefs.write_bytes(path, data)               # atomic, never through a planted symlink
-    log.info("save_compressed: %s, %d bytes", path, len(data))
+    log.debug("save_compressed: %s, %d bytes", path, len(data))
     return len(data)
 
 

@@ -155,7 +155,7 @@ def plan_ranks(model: nn.Module, config: FactorizeConfig | None = None,
     for name, mod in _targets(model, cfg):
         limit = break_even_rank(mod, cfg.max_ratio)
         if limit < 1:
-            log.info("factorize: %s too small to gain from factorization", name)
+            log.debug("factorize: %s too small to gain from factorization", name)
             continue
         svd = _svd(mod)
         if cfg.method == "rank":
@@ -165,7 +165,7 @@ def plan_ranks(model: nn.Module, config: FactorizeConfig | None = None,
         else:
             r = _sensitive_rank(model, name, mod, svd, limit, base, evaluate, cfg)
         if r is None or r > limit:
-            log.info("factorize: %s needs rank %s > %d to stay within limits: left dense", name, r, limit)
+            log.debug("factorize: %s needs rank %s > %d to stay within limits: left dense", name, r, limit)
             continue
         plan[name] = int(r)
     return plan
@@ -207,6 +207,6 @@ def factorize_(model: nn.Module, config: FactorizeConfig | None = None,
         mod = mods[name]
         _set(model, name, _build(mod, _svd(mod), r))
         m, n = _matrix(mod).shape
-        log.info("factorize: %s (%d x %d) -> rank %d, %.0f%% of its weights", name, m, n, r,
+        log.debug("factorize: %s (%d x %d) -> rank %d, %.0f%% of its weights", name, m, n, r,
                  100 * r * (m + n) / (m * n))
     return model

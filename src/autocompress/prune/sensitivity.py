@@ -144,7 +144,7 @@ def _structured(model, evaluate, ratios, layers, exclude, example, importance, b
                 prune_channels_(trial, StructuredPruneConfig(ratio=0.0, per_layer={n: r}, importance=importance,
                                                              exclude=list(exclude)), example)
             except StructuredPruneError as e:
-                log.info("sensitivity: layer %r cannot be pruned at %.2f (%s); skipped", n, r, e)
+                log.debug("sensitivity: layer %r cannot be pruned at %.2f (%s); skipped", n, r, e)
                 curve = None
                 break
             curve.append(float(evaluate(trial)))
@@ -283,5 +283,5 @@ def allocate_ratios(sens: SensitivityResult, target: float, *,
         w = (lo_w + hi_w) / 2
         lo_w, hi_w = (lo_w, w) if cost({n: a[n] + w * (b[n] - a[n]) for n in layers}) >= target else (w, hi_w)
     out = {n: a[n] + hi_w * (b[n] - a[n]) for n in layers}
-    log.info("allocated ratios (%s): %s", method, {n: round(r, 3) for n, r in out.items()})
+    log.debug("allocated ratios (%s): %s", method, {n: round(r, 3) for n, r in out.items()})
     return out

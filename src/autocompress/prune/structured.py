@@ -213,7 +213,7 @@ def _surgery(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig
         blocked = sorted(t for t in touched if t in frozen)
         if blocked:
             root = names.get(group[0][0].target.module)
-            log.info("structured pruning skips the channels of %r: they feed %s (%s), which cannot be "
+            log.debug("structured pruning skips the channels of %r: they feed %s (%s), which cannot be "
                      "rebuilt", root, blocked, ", ".join(type(frozen[b]).__name__ for b in blocked))
             skipped.append(root)
             continue
@@ -258,7 +258,7 @@ def _prune_once(model, example, cfg, scale, data, loss_fn, step: int = 1, steps:
     if cfg.head_ratio > 0 and step == 1:
         # whole heads first (our surgery); torch-pruning then leaves the rebuilt attention alone
         left = prune_heads_(model, cfg.head_ratio, cfg.exclude)
-        log.info("attention heads left: %s", left)
+        log.debug("attention heads left: %s", left)
     return _surgery(model, example, cfg, _step_ratio(default, step, steps),
                     {n: _step_ratio(r, step, steps) for n, r in ratios.items()}, 0.0, data, loss_fn)
 
@@ -317,7 +317,7 @@ def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = Non
         finetune = make_finetune(loader, cfg.finetune, loss_fn=loss_fn)
     frozen = frozen_layers(model)
     if frozen:
-        log.info("structured pruning keeps %s intact (%s: not rebuildable)", sorted(frozen),
+        log.debug("structured pruning keeps %s intact (%s: not rebuildable)", sorted(frozen),
                  ", ".join(sorted({type(m).__name__ for m in frozen.values()})))
     ref = _forward(model, example_input)
     before = {m: model_cost(model, example_input, m) for m in ("params", "macs")}
@@ -343,7 +343,7 @@ def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = Non
         if finetune is not None:
             model = finetune(model) or model
     after = {m: model_cost(model, example_input, m) for m in ("params", "macs")}
-    log.info("structured pruning: params %d -> %d (%.2fx), MACs %d -> %d (%.2fx)", before["params"],
+    log.debug("structured pruning: params %d -> %d (%.2fx), MACs %d -> %d (%.2fx)", before["params"],
              after["params"], before["params"] / max(after["params"], 1), before["macs"], after["macs"],
              before["macs"] / max(after["macs"], 1))
     return model

@@ -148,7 +148,7 @@ def prune_(model: nn.Module, config: PruneConfig | None = None, data: Iterable |
         for t in targets:
             if step_sparsity[t.name] > 0 or get_mask(t.module, t.param_name) is not None:
                 set_mask(model, t.module, t.param_name, masks[t.name])
-        log.info("prune round %d/%d: sparsity %.2f%% over %d weights", r + 1, rounds,
+        log.debug("prune round %d/%d: sparsity %.2f%% over %d weights", r + 1, rounds,
                  100 * global_sparsity(model, tuple(cfg.kinds)), len(targets))
         if finetune is not None:
             model = finetune(model) or model

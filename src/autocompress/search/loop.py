@@ -101,6 +101,8 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     deadline = Deadline(budget.time_limit_s)
+    from autocompress.search.progress import note
+    note("measuring the baseline and per-layer sensitivity (cached in out_dir for later runs)")
     shared = _prepare(model, data, budget, tuple(techniques), out, evaluate, finetune, seed, quick,
                       model_factory, deadline)
     url = _storage_url(out, storage)
@@ -256,9 +258,13 @@ def _optimize(study, shared: _Shared, max_trials: int | None, deadline: Deadline
             study.stop()
 
     timeout = deadline.search_remaining()
+    from autocompress.search.progress import TrialProgress, search_started
+    from autocompress.search.trial import score
+    search_started(max_trials, timeout)
+    progress = TrialProgress(max_trials, _counted, lambda a: score(a, shared.budget), deadline.search_remaining)
     study.optimize(lambda t: _objective(t, shared), n_trials=None if cap is None else cap - len(study.trials),
                    timeout=None if math.isinf(timeout) else max(timeout, 1e-3), catch=(Exception,),
-                   gc_after_trial=True, callbacks=[enough])
+                   gc_after_trial=True, callbacks=[progress, enough])
 
 
 def _run_workers(shared: _Shared, url: str, seed: int, n_trials: int | None, deadline: Deadline,
