@@ -1,0 +1,111 @@
+"""Issue 16: the time limit is kept, failures are counted apart, timing survives load, BN is re-estimated."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from autocompress.data import Splits, load_mnist
+from autocompress.measure.timing import interleaved_speedup
+from autocompress.search import Budget, Recipe, compress
+from autocompress.train import TrainConfig, TrainingStopped, fit, reestimate_bn
+
+
+@pytest.fixture(scope="module")
+def small():
+    full = load_mnist(flat=True)
+    data = Splits(Subset(full.train, range(3000)), Subset(full.val, range(500)),
+                  Subset(full.test, range(500)), full.input_shape, 10)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    fit(model, data.train, TrainConfig(epochs=1, lr=2e-3, progress=False))
+    return model.eval(), data
+
+
+@pytest.mark.slow
+def test_time_limit_bounds_the_whole_call(small, tmp_path):
+    """A fine-tune far longer than the limit is stopped at a step boundary and recorded as such;
+    baseline, sensitivity and the final measurement all fit in the same limit (within 10 %)."""
+    full = load_mnist()
+    data = Splits(Subset(full.train, range(3000)), Subset(full.val, range(500)),
+                  Subset(full.test, range(500)), full.input_shape, 10)
+    # few weights (fast to store) but many MACs: 8 epochs (the space's longest fine-tune) take
+    # far longer than the limit
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, 10)).eval()
+    limit = 30.0
+    budget = Budget(max_drop=50.0, objective="smallest", max_trials=None, time_limit_s=limit)
+    seeds = [Recipe(sparsity=0.8, distill=False, finetune_epochs=8.0)]
+    t0 = time.monotonic()
+    res = compress(model, data, budget, techniques=("prune",), out_dir=tmp_path, quick=True, seeds=seeds)
+    wall = time.monotonic() - t0
+    assert wall <= 1.1 * limit, f"compress took {wall:.1f} s for a {limit} s limit"
+    states = [(t.state, t.note) for t in res.trials]
+    assert any(s == "pruned" and n.startswith("stopped by the deadline") for s, n in states), states
+    assert "stopped by the deadline" in res.message
+
+
+def test_failed_trials_do_not_use_up_max_trials(small, tmp_path):
+    model, data = small
+    calls = []
+
+    def finetune(m):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom in the user's loop")
+        return m
+
+    budget = Budget(max_drop=50.0, objective="smallest", max_trials=1, time_limit_s=120)
+    seeds = [Recipe(sparsity=0.5, distill=False, finetune_epochs=0.5),
+             Recipe(sparsity=0.6, distill=False, finetune_epochs=0.5)]
+    res = compress(model, data, budget, techniques=("prune",), out_dir=tmp_path, quick=True, seeds=seeds,
+                   finetune=finetune)
+    assert [t.state for t in res.trials] == ["failed", "complete"]
+    assert "1 trial(s) failed" in res.message and "boom in the user's loop" in res.message
+
+
+def test_fit_stops_at_a_step_boundary():
+    model = nn.Linear(4, 2)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))] * 10
+    steps = []
+    with pytest.raises(TrainingStopped, match="after 3 of 10 steps"):
+        fit(model, data, TrainConfig(epochs=1, progress=False), hooks=[lambda m: steps.append(1)],
+            stop=lambda: len(steps) >= 3)
+    assert not model.training
+
+
+def test_interleaved_speedup_cancels_bursts_of_load():
+    """A burst that slows everything 5x for a stretch of rounds does not move the median ratio
+    (the candidate does half the reference's work)."""
+    state = {"n": 0}
+
+    def work(units):
+        def run():
+            state["n"] += 1
+            burst = 5 if (state["n"] // 20) % 3 == 1 else 1   # every third stretch of 10 rounds
+            t_end = time.perf_counter() + units * burst * 1e-3
+            while time.perf_counter() < t_end:
+                pass
+        return run
+
+    t = interleaved_speedup(work(2.0), work(1.0), warmup=2, min_rounds=30, max_rounds=60, max_time_s=5)
+    assert 1.7 <= t.speedup <= 2.3 and t.low <= t.speedup <= t.high and t.rounds >= 30
+
+
+def test_batchnorm_statistics_are_reestimated():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.01), nn.Dropout(0.5), nn.ReLU()).eval()
+    model[1].running_mean.fill_(7.0)
+    model[1].running_var.fill_(9.0)
+    x = torch.randn(96, 1, 8, 8)
+    reestimate_bn(model, x, batch_size=32)
+    with torch.no_grad():
+        feats = model[0](x)
+    assert torch.allclose(model[1].running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(model[1].running_var, feats.var((0, 2, 3)), rtol=0.05)
+    assert model[1].momentum == 0.01 and not model.training
