@@ -7,7 +7,9 @@ is measured interleaved in one process (:meth:`autocompress.targets.Target.time`
 
 from __future__ import annotations
 
+import io
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -31,6 +33,14 @@ def count_nonzero(model: nn.Module) -> int:
 def fp32_bytes(model: nn.Module) -> int:
     """What the parameters weigh stored densely as float32 (the paper's "before" size)."""
     return 4 * count_params(model)
+
+
+def zipped_bytes(path: str | Path) -> int:
+    """Bytes of the file alone in a DEFLATE zip archive: what an app package ships."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.write(str(path), Path(path).name)
+    return buf.tell()
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -71,6 +81,7 @@ class Measurement:
     onnx_path: str | None = None
     runtime: str = "onnxruntime"
     runtime_label: str | None = None   # how reports name the runtime (the target's label)
+    zipped_bytes: int | None = None    # the deployed file DEFLATE-zipped (what an app ships)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,6 +120,7 @@ def measure(model: nn.Module, data: Splits, name: str = "model", *, splits: tupl
     if onnx_path is not None:
         m.onnx_path = str(onnx_path)
         m.onnx_bytes = target.size(onnx_path)
+        m.zipped_bytes = zipped_bytes(onnx_path)
         for s in splits:
             m.ort_accuracy[s] = target.accuracy(onnx_path, data.loader(s, 1000, limit=limit))
     return m

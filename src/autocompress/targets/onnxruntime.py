@@ -23,14 +23,21 @@ class OnnxRuntimeTarget(Target):
     label = "ONNX Runtime"
 
     def export(self, model: nn.Module, example: torch.Tensor, path: str | Path, *, quantized: bool = False,
-               calibration: torch.Tensor | None = None, **opts: Any) -> Path:
+               calibration: torch.Tensor | None = None, packed: bool = True, **opts: Any) -> Path:
         """fp32 through :func:`~autocompress.export.export_onnx`; ``quantized``: the model's own
-        quantization wrappers written as a QDQ graph (their calibrated ranges, not new ones)."""
+        quantization wrappers written as a QDQ graph (their calibrated ranges, not new ones).
+        ``packed``: sparse / shared / low-bit weights stored compactly, decoded by stock ONNX
+        operators at load (:mod:`autocompress.export.packed`; exact, dense weights unchanged)."""
         if quantized:
             from autocompress.export.qdq import export_quantized
-            return Path(export_quantized(model, example, path, **opts))
-        from autocompress.export import export_onnx
-        return Path(export_onnx(model, example, path, **opts))
+            path = Path(export_quantized(model, example, path, **opts))
+        else:
+            from autocompress.export import export_onnx
+            path = Path(export_onnx(model, example, path, **opts))
+        if packed:
+            from autocompress.export.packed import pack_onnx
+            pack_onnx(path)
+        return path
 
     def load(self, path: str | Path, threads: int = 1) -> Runner:
         from autocompress.export import session
