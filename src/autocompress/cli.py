@@ -111,10 +111,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     resolved = _resolve(cfg)          # a config that cannot load fails before anything is written
     out = Path(cfg.out_dir).resolve()
     cfg.out_dir = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # resolved copy (absolute out_dir and base_dir): `resume OUT_DIR` needs nothing else
-    cfg.to_yaml(out / "run.yaml")
-    return _search(cfg, resolved, resume=False)
+    from autocompress.safefs import DirLock
+
+    with DirLock(out):                # a second run on this folder stops here, before touching it
+        # resolved copy (absolute out_dir and base_dir): `resume OUT_DIR` needs nothing else
+        cfg.to_yaml(out / "run.yaml")
+        return _search(cfg, resolved, resume=False)
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
@@ -376,10 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     from autocompress.config import ConfigError
     from autocompress.data import DataError
     from autocompress.models import WeightsError
+    from autocompress.safefs import BusyError, UnsafePathError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, WeightsError, CheckInputError, FileNotFoundError) as e:
+    except (ConfigError, DataError, WeightsError, CheckInputError, FileNotFoundError, BusyError,
+            UnsafePathError) as e:
         log.error("%s", e)
         log.debug("details", exc_info=True)
         return BAD_INPUT

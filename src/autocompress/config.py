@@ -61,7 +61,8 @@ class Config:
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            from autocompress import safefs
+            safefs.write_text(path, text)        # atomic, never through a planted symlink
         return text
 
     @classmethod

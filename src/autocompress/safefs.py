@@ -10,12 +10,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
+import inspect
 import json
 import os
 import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 try:
     import fcntl
@@ -109,12 +112,32 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
+def _alive(pid_text: str, own_is_dead: bool = False) -> bool:
+    """Whether process ``pid_text`` lives (this process counts as dead for its own abandoned stages)."""
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True                                          # not our naming: leave it alone
+    if pid == os.getpid():
+        return not own_is_dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def staging_dir(dest: str | Path) -> Path:
     """A new empty folder beside ``dest`` to fill, then hand to :func:`swap_in_dir`."""
     dest = Path(dest)
     make_dir(dest.parent)
     for old in dest.parent.glob(f".{dest.name}.old-*"):     # left by a run killed mid-swap
         shutil.rmtree(old, ignore_errors=True)
+    for dead in dest.parent.glob(f".{dest.name}.new-*"):    # stages of writers that died
+        if not _alive(dead.name.rsplit(".new-", 1)[1].split("-")[0], own_is_dead=True):
+            shutil.rmtree(dead, ignore_errors=True)
     stage = dest.parent / f".{dest.name}.new-{os.getpid()}-{time.monotonic_ns()}"
     stage.mkdir()
     return stage
@@ -150,15 +173,25 @@ def recover_dir(dest: str | Path) -> None:
 
 class DirLock:
     """Exclusive lock on an output folder (``flock`` on a lock file inside it). The OS drops it when the
-    holding process dies, so a stale lock file from a killed run never blocks the next one."""
+    holding process dies, so a stale lock file from a killed run never blocks the next one. Re-entrant
+    within one process (the CLI holds it around ``compress()``, which takes it too)."""
+
+    _held: dict[str, list] = {}                  # resolved folder -> [fd, count] held by this process
 
     def __init__(self, out_dir: str | Path):
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / LOCK_NAME
         self._fd: int | None = None
+        self._key = ""
 
     def acquire(self) -> "DirLock":
         make_dir(self.out_dir)
+        self._key = str(self.out_dir.resolve())
+        held = DirLock._held.get(self._key)
+        if held is not None and held[2] == os.getpid():
+            held[1] += 1
+            self._fd = held[0]
+            return self
         refuse_symlink(self.path)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
         if fcntl is not None:
@@ -173,12 +206,20 @@ class DirLock:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         self._fd = fd
+        DirLock._held[self._key] = [fd, 1, os.getpid()]
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)                       # closing drops the flock
-            self._fd = None
+        if self._fd is None:
+            return
+        held = DirLock._held.get(self._key)
+        self._fd = None
+        if held is not None and held[2] == os.getpid():
+            held[1] -= 1
+            if held[1] > 0:
+                return
+            del DirLock._held[self._key]
+            os.close(held[0])                        # closing drops the flock
 
     def __enter__(self) -> "DirLock":
         return self.acquire()
@@ -187,5 +228,20 @@ class DirLock:
         self.release()
 
 
-__all__ = ["BusyError", "DirLock", "UnsafePathError", "copy_file", "make_dir", "recover_dir",
+def holds_out_dir(param: str = "out_dir") -> Callable:
+    """Decorator: the call holds :class:`DirLock` on its ``param`` argument for its whole duration."""
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with DirLock(bound.arguments[param]):
+                return fn(*args, **kwargs)
+        return locked
+    return deco
+
+
+__all__ = ["holds_out_dir", "BusyError", "DirLock", "UnsafePathError", "copy_file", "make_dir", "recover_dir",
            "refuse_symlink", "staging_dir", "swap_in_dir", "write_bytes", "write_text"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from autocompress import safefs
 from autocompress.report.plots import all_plots
 from autocompress.report.tables import (LAYER_HEADER, TRIAL_HEADER, before_after_rows, layer_rows,
                                         md_table, trial_rows)
@@ -174,14 +175,14 @@ def write_reports(report: dict, out_dir: str | Path) -> dict[str, Path]:
         (out / PLOT_DIR).mkdir(exist_ok=True)
         for name, png in plots.items():
             p = out / PLOT_DIR / f"{name}.png"
-            p.write_bytes(png)
+            safefs.write_bytes(p, png)
             paths[f"plot_{name}"] = p
             plot_files[name] = f"{PLOT_DIR}/{name}.png"
     paths["md"] = out / "report.md"
-    paths["md"].write_text(render_markdown(report, plot_files))
+    safefs.write_text(paths["md"], render_markdown(report, plot_files))
     paths["html"] = out / "report.html"
-    paths["html"].write_text(render_html(report, plots))
+    safefs.write_text(paths["html"], render_html(report, plots))
     paths["json"] = out / "report.json"
-    paths["json"].write_text(json.dumps(report, indent=2, default=str))
+    safefs.write_text(paths["json"], json.dumps(report, indent=2, default=str))
     log.info("reports written to %s (report.md, report.html, report.json)", out)
     return paths

@@ -13,7 +13,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from autocompress.data import Splits
-from autocompress import targets
+from autocompress import safefs, targets
 from autocompress.search import space as space_mod
 from autocompress.search.budget import Budget
 from autocompress.search.deadline import Deadline
@@ -75,6 +74,7 @@ class _Shared:
     base_measurement: object = None  # baseline measured on val+test up front (times the final step)
 
 
+@safefs.holds_out_dir()   # one run per out_dir at a time
 def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
              techniques: Sequence[str] = TECHNIQUES, out_dir: str | Path = "runs/compress",
              evaluate: Callable | None = None, finetune: Callable | None = None,
@@ -97,8 +97,7 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     unknown = sorted(set(techniques) - set(TECHNIQUES))
     if unknown:
         raise ValueError(f"unknown technique(s) {unknown}; choose from {list(TECHNIQUES)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = safefs.make_dir(out_dir)
     t_start = time.time()
     deadline = Deadline(budget.time_limit_s)
     from autocompress.search.progress import note
@@ -109,6 +108,9 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shared.study_name = study_name
     study = _study(url, seed, budget, shared, resume)
+    if resume and url.startswith("sqlite:///"):   # the lock says nobody else runs its trials
+        from autocompress.search.trial import fail_orphans
+        fail_orphans(study)
     if not resume or len(study.trials) == 0:
         useful = space_mod.useful(budget, shared.techniques)
         for r in (seeds if seeds is not None else space_mod.seed_recipes(budget, useful, quick)):
@@ -205,9 +207,7 @@ def _sensitivity(model, ctx: TrialContext, techniques, path: Path) -> dict:
             log.warning("ignoring unreadable sensitivity cache %s", path)
     from autocompress.search.steps import measure_sensitivity
     sens = measure_sensitivity(model, ctx, techniques)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp, "sensitivity": sens}, indent=1))
-    os.replace(tmp, path)
+    safefs.write_text(path, json.dumps({"fingerprint": fp, "sensitivity": sens}, indent=1))
     return sens
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from autocompress.data import Splits
-from autocompress import targets
+from autocompress import safefs, targets
 from autocompress.measure import compare, measure
 from autocompress.search.budget import Budget
 from autocompress.search.finish import layer_table
@@ -38,6 +38,7 @@ def _context(model: nn.Module, data: Splits, out: Path, teacher: nn.Module | Non
                         model_factory=model_factory or _copier(model))
 
 
+@safefs.holds_out_dir()
 def apply_recipe(model: nn.Module, recipe: Recipe | dict | str | Path, data: Splits, *,
                  out_dir: str | Path = "runs/apply", teacher: nn.Module | None = None,
                  evaluate: Callable | None = None, finetune: Callable | None = None,
@@ -59,7 +60,10 @@ def apply_recipe(model: nn.Module, recipe: Recipe | dict | str | Path, data: Spl
     base_onnx = target.export(model, ctx.example, out / f"baseline{target.suffix}")
     base = measure(model, data, "baseline", splits=("val", "test"), onnx_path=base_onnx, runtime=target.name)
     compressed = apply_recipe_steps(copy.deepcopy(model), recipe, ctx)
-    art = deploy(compressed, recipe, ctx, out / "best")
+    stage = safefs.staging_dir(out / "best")      # best/ changes as one unit
+    art = deploy(compressed, recipe, ctx, stage)
+    safefs.swap_in_dir(stage, out / "best")
+    art = {**art, "deployed": out / "best" / Path(art["deployed"]).name, "storage": out / "best" / "model.acz"}
     final = measure(compressed, data, "compressed", splits=("val", "test"), onnx_path=art["deployed"],
                     runtime=target.name)
     final.storage_bytes = art["storage_bytes"]
@@ -89,12 +93,12 @@ def inspect(model: nn.Module, data: Splits, out_dir: str | Path = "runs/inspect"
     out.mkdir(parents=True, exist_ok=True)
     ctx = _context(model.eval(), data, out, None, None, None, Budget(), 0, quick)
     sens = measure_sensitivity(model, ctx, techniques)
-    (out / "sensitivity.json").write_text(json.dumps(sens, indent=1))
+    safefs.write_text(out / "sensitivity.json", json.dumps(sens, indent=1))
     try:
         from autocompress.report.plots import sensitivity_plot
         png = sensitivity_plot({"layers": layer_table(model, sens)})
         if png:
-            (out / "sensitivity.png").write_bytes(png)
+            safefs.write_bytes(out / "sensitivity.png", png)
     except ImportError:
         pass
     return sens

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from autocompress import safefs
 from autocompress.measure import Measurement
 from autocompress.search.budget import Budget
 from autocompress.search.recipe import Recipe
@@ -100,7 +100,7 @@ class Result:
             if key != "recipe" and src and Path(src).exists():
                 dst = out / Path(src).name
                 if Path(src).resolve() != dst.resolve():
-                    shutil.copyfile(src, dst)
+                    safefs.copy_file(src, dst)
                 paths[key] = dst
         if self.recipe is not None:
             paths["recipe"] = out / "recipe.yaml"
@@ -111,6 +111,6 @@ class Result:
             from autocompress.report import write_reports
             paths.update(write_reports(doc, out))
         except ImportError:  # report module absent: still leave the machine-readable document
-            (out / "report.json").write_text(json.dumps(doc, indent=2))
+            safefs.write_text(out / "report.json", json.dumps(doc, indent=2))
             paths["json"] = out / "report.json"
         return paths

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autocompress import safefs
 from autocompress.search import space as space_mod
 from autocompress.search.steps import apply_recipe_steps, deploy
 from autocompress.train import TrainingStopped
@@ -153,9 +154,10 @@ def score(attrs: dict, budget) -> tuple:
 
 
 def keep_if_best(trial, shared, model, recipe, art, feasible: bool) -> None:
-    """After every trial the best model so far and its recipe are on disk (atomic replace)."""
+    """After every trial the best model so far and its recipe are on disk: written into a new folder,
+    then swapped in for ``best/`` in one step, so best/ always holds one trial's files."""
     best_dir = shared.out_dir / "best"
-    best_dir.mkdir(exist_ok=True)
+    safefs.recover_dir(best_dir)
     meta_path = best_dir / "best.json"
     attrs = dict(trial.user_attrs)
     if meta_path.exists():
@@ -166,14 +168,27 @@ def keep_if_best(trial, shared, model, recipe, art, feasible: bool) -> None:
         except (json.JSONDecodeError, KeyError):
             pass
     shared.best_model = (trial.number, model)   # this process's copy, exactly as deployed
+    stage = safefs.staging_dir(best_dir)
     for key in ("deployed", "storage"):
-        name = Path(art[key]).name           # model.onnx / model.pte, model.acz
-        tmp = best_dir / (name + ".tmp")
-        tmp.write_bytes(Path(art[key]).read_bytes())
-        os.replace(tmp, best_dir / name)
-    recipe.to_yaml(best_dir / "recipe.yaml.tmp")
-    os.replace(best_dir / "recipe.yaml.tmp", best_dir / "recipe.yaml")
-    tmp = best_dir / "best.json.tmp"
-    tmp.write_text(json.dumps({"trial": trial.number, "attrs": attrs, "feasible": feasible}, indent=1))
-    os.replace(tmp, meta_path)
+        safefs.copy_file(art[key], stage / Path(art[key]).name)   # model.onnx / model.pte, model.acz
+    recipe.to_yaml(stage / "recipe.yaml")
+    safefs.write_text(stage / "best.json",
+                      json.dumps({"trial": trial.number, "attrs": attrs, "feasible": feasible}, indent=1))
+    safefs.swap_in_dir(stage, best_dir)
     log.info("trial %d is the best so far (%s)", trial.number, "meets budget" if feasible else "budget not met yet")
+
+
+def fail_orphans(study) -> int:
+    """Trials left RUNNING by a run that was killed (its process is gone: this one holds the folder's
+    lock) are marked FAIL, so they neither hang in the study nor count as done."""
+    from optuna.trial import TrialState
+
+    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for t in orphans:
+        study._storage.set_trial_user_attr(t._trial_id, "note", "orphaned: its run was killed")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if orphans:
+        log.warning("marked %d trial(s) left running by a killed run as failed: %s", len(orphans),
+                    [t.number for t in orphans])
+    return len(orphans)
+
