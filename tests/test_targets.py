@@ -198,3 +198,25 @@ def test_a_new_target_is_one_registered_class(monkeypatch, tmp_path):
     assert (tmp_path / "model.pt2").exists() and not (tmp_path / "model.onnx").exists()
     md = (tmp_path / "report.md").read_text()
     assert "(torch.export (toy))" in md and "deployed .pt2 file" in md
+
+
+@needs_executorch
+def test_int8_pte_uses_our_ranges_only_where_they_fit_better(lenet5, tmp_path):
+    from autocompress.targets.executorch import _with_ranges
+    model, _, x = lenet5
+    t = targets.get("executorch")
+    plain = t.export(model, x[:1], tmp_path / "plain.pte", quantized=True, calibration=x[:128])
+    # absurd ranges (every activation squeezed to a few levels) lose to the observed ones
+    bad = {n: (-1000.0, 1000.0) for n in ("conv1", "conv2", "fc1", "fc2")}
+    kept = t.export(model, x[:1], tmp_path / "kept.pte", quantized=True, calibration=x[:128], input_ranges=bad)
+    assert np.array_equal(t.run(plain, x[128:160]), t.run(kept, x[128:160]))
+    # and the ranges really reach the observers in front of the named layers
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    g = torch.export.export(model, (x[:64],)).module()
+    prepared = prepare_pt2e(g, XNNPACKQuantizer().set_global(get_symmetric_quantization_config()))
+    prepared(x[:64])
+    _with_ranges(prepared, {"fc1": (-3.0, 5.0)})
+    lims = {(float(o.min_val), float(o.max_val)) for o in prepared.modules() if hasattr(o, "min_val")}
+    assert (-3.0, 5.0) in lims

@@ -252,7 +252,8 @@ def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path) -
         # quantized: rounding at a boundary may flip a rare argmax; accuracy parity is what matters
         if target.requantizes:   # it quantizes plain layers (which carry our rounded weights)
             target.export(_storable(model), ctx.example, path, quantized=True,
-                          calibration=ctx.data.calibration_batch(512, seed=ctx.seed))
+                          calibration=ctx.data.calibration_batch(512, seed=ctx.seed),
+                          input_ranges=_input_ranges(model))
             # its own activation ranges, not our simulation's: outputs differ more, in scale
             target.parity(model, path, inputs, atol=0.5, rtol=0.1, min_agreement=0.98)
         else:                    # it writes our own quantizers (their calibrated ranges)
@@ -266,6 +267,18 @@ def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path) -
                     metadata={"recipe": recipe.to_dict()})
     return {"deployed": path, "deployed_bytes": target.size(path), "runtime": target.name,
             "storage": storage, "storage_bytes": storage.stat().st_size}
+
+
+def _input_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """Our calibrated input range (lo, hi) of each statically quantized layer, by layer name: a
+    runtime that quantizes by itself may use them where they fit better than its own."""
+    from autocompress.quantize import QuantWrapper
+    out = {}
+    for name, w in model.named_modules():
+        if isinstance(w, QuantWrapper) and w.mode == "static" and w.in_q.enabled:
+            scale, zp, qmin, qmax = w.in_q.params()
+            out[name] = (float((qmin - zp) * scale), float((qmax - zp) * scale))
+    return out
 
 
 def _storable(model: nn.Module) -> nn.Module:
