@@ -46,6 +46,14 @@ def test_unknown_runtime_is_a_clear_error_listing_the_known_ones():
         Budget(runtime="tflite")
 
 
+def test_a_missing_runtime_package_names_the_extra(monkeypatch):
+    t = targets.get("executorch")
+    monkeypatch.setattr(type(t), "package", "autocompress_no_such_runtime")
+    assert "executorch" not in targets.available()
+    with pytest.raises(targets.UnknownTargetError, match=r"pip install 'autocompress\[executorch\]'"):
+        targets.require("executorch")
+
+
 def test_budget_runtime_reads_from_yaml():
     b = Budget.from_yaml("runtime: executorch\nmax_drop: 0.5\n")
     assert b.runtime == "executorch" and Budget.from_yaml(b.to_yaml()) == b
