@@ -191,3 +191,94 @@ def _trained_small(data):
 def test_tolerance_roundtrip():
     t = Tolerance(accuracy_points=0.1, size_rel=0.02, speedup_rel=0.3)
     assert Tolerance.from_yaml(t.to_yaml()) == t
+
+
+# -- tolerances from the measurement's own noise (issue 13) ---------------------------------------
+
+def test_accuracy_tolerance_is_the_larger_of_user_and_sampling_noise():
+    from autocompress.check_noise import accuracy_se, accuracy_tolerance
+    assert accuracy_se(0.99, 10_000) == pytest.approx(0.000995, rel=1e-3)
+    t = accuracy_tolerance(0.2, 0.99, 10_000)            # 2.576 SE = 0.26 points > 0.2
+    assert t.points == pytest.approx(2.576 * 0.0995, rel=1e-2) and "sampling noise" in t.rule
+    assert accuracy_tolerance(0.2, 0.99, 1_000_000).points == 0.2   # a huge test set: the user's figure
+    assert accuracy_tolerance(0.2, 0.99, 10_000, z=0).points == 0.2
+
+
+def _report_like(first, **final):
+    f = first.figures
+    return {"budget": Budget(max_drop=50).to_dict(),
+            "baseline": {"fp32_bytes": f["fp32_bytes"], "ort_accuracy": {"test": f["reference_accuracy"]},
+                         "latency_ms": {str(f["latency_batch"]): f["reference_ms"]}},
+            "final": {"onnx_bytes": f["size_bytes"], "ort_accuracy": {"test": f["accuracy"]},
+                      "latency_ms": {str(f["latency_batch"]): f["candidate_ms"]}, **final}}
+
+
+def test_benign_retrain_within_noise_passes_regression_fails(models):
+    """The kept report was 0.5 points better on 1000 samples (SE ~1 point): noise, not a regression."""
+    tmp, data, paths, _ = models
+    first = run_check(paths["small"], data, budget=Budget(max_drop=50), reference_onnx=paths["ref"], runs=20)
+    acc = first.figures["accuracy"]
+    rep = _report_like(first, ort_accuracy={"test": acc + 0.005})
+    ok = run_check(paths["small"], data, baseline=rep, reference_onnx=paths["ref"], runs=20)
+    item = next(i for i in ok.items if (i.group, i.name) == ("baseline", "accuracy"))
+    assert item.passed and "SE" in item.detail and "1000 test samples" in item.detail
+    assert "standard error" in ok.to_markdown()
+    # the same gap fails under the old fixed 0.2-point rule (z = 0), and a real regression fails anyway
+    strict = run_check(paths["small"], data, baseline=rep, reference_onnx=paths["ref"], runs=20,
+                       tolerance=Tolerance(z=0))
+    assert not next(i for i in strict.items if i.name == "accuracy" and i.group == "baseline").passed
+    bad = run_check(paths["broken"], data, baseline=rep, reference_onnx=paths["ref"], runs=20)
+    assert ("baseline", "accuracy") in {(i.group, i.name) for i in bad.items if not i.passed}
+
+
+def test_size_tolerance_wider_for_entropy_coded_artifacts(models):
+    from autocompress.check_noise import SIZE_REL_DEPLOYED, SIZE_REL_STORAGE, size_tolerance
+    assert size_tolerance(None, storage=True)[0] == SIZE_REL_STORAGE > SIZE_REL_DEPLOYED
+    assert size_tolerance(0.3, storage=True)[0] == 0.3
+    tmp, data, paths, _ = models
+    first = run_check(paths["small"], data, budget=Budget(max_drop=50), reference_onnx=paths["ref"], runs=20)
+    grown = 20_000
+    for base_storage, passes in ((int(grown / 1.056), True), (int(grown / 1.3), False)):   # +5.6 %, +30 %
+        rep = _report_like(first, storage_bytes=base_storage)
+        res = run_check(paths["small"], data, baseline=rep, storage_bytes=grown, runs=20)
+        size = next(i for i in res.items if i.name == "size")
+        assert size.passed is passes and "entropy-coded" in size.detail
+
+
+def test_uncompressed_fp32_file_fails_the_size_check(models):
+    """The kept report's deployed file was fp32-sized too (only its artifact was small): an fp32
+    ONNX candidate still must not pass as compressed."""
+    tmp, data, paths, _ = models
+    first = run_check(paths["small"], data, budget=Budget(max_drop=50), reference_onnx=paths["ref"], runs=20)
+    ref_bytes = paths["ref"].stat().st_size
+    rep = _report_like(first, onnx_bytes=ref_bytes, storage_bytes=ref_bytes // 40)
+    res = run_check(paths["ref"], data, baseline=rep, reference_onnx=paths["ref"], runs=20)
+    failed = {i.name for i in res.items if not i.passed}
+    assert "compressed" in failed, res.to_markdown()
+    ok = run_check(paths["small"], data, baseline=rep, reference_onnx=paths["ref"], runs=20)
+    assert "compressed" not in {i.name for i in ok.items}
+
+
+def test_speedup_is_an_interleaved_ratio_with_an_interval(models):
+    tmp, data, paths, _ = models
+    first = run_check(paths["small"], data, budget=Budget(max_drop=50), reference_onnx=paths["ref"], runs=20)
+    f = first.figures
+    lo, hi = f["speedup_ci"]
+    assert lo <= f["speedup"] <= hi and f["timing_rounds"] >= 15
+    assert "interleaved rounds" in first.to_markdown() and "interval" in first.to_markdown()
+    rep = _report_like(first)                      # the same ratio as kept: passes
+    assert next(i for i in run_check(paths["small"], data, baseline=rep, reference_onnx=paths["ref"],
+                                     runs=20).items if i.name == "speed-up").passed
+    rep["final"]["latency_ms"] = {str(f["latency_batch"]): f["reference_ms"] / (10 * hi)}   # report claims 10x more
+    sp = next(i for i in run_check(paths["small"], data, baseline=rep, reference_onnx=paths["ref"],
+                                   runs=20).items if i.name == "speed-up")
+    assert not sp.passed and "95 % interval" in sp.detail
+
+
+def test_against_original_reference():
+    from autocompress.check import against_original
+    orig = {"baseline": {"ort_accuracy": {"test": 0.99}}}
+    ok, msg = against_original({"final": {"ort_accuracy": {"test": 0.9885}}}, orig, Budget(max_drop=0.3))
+    assert ok and "99.00 %" in msg
+    ok, msg = against_original({"final": {"ort_accuracy": {"test": 0.95}}}, orig, Budget(max_drop=0.3))
+    assert not ok and "below the floor 98.70 %" in msg

@@ -223,3 +223,23 @@ def test_example_config_is_valid():
     finally:
         sys.modules.pop("custom_cnn", None)
         sys.path[:] = [p for p in sys.path if p != str(root)]
+
+
+def test_apply_budget_against_the_original_reference(project, monkeypatch, capsys):
+    """apply's own budget is relative to the weights given (regressed weights pass it); it also
+    says, and exits 1, when the result misses the budget against the original run's reference."""
+    proj, cfg, work = project
+    monkeypatch.setattr(search, "apply_recipe", fake([]), raising=False)
+    recipe = proj / "recipe.yaml"
+    recipe.write_text("sparsity: 0.5\n")
+    original = sample_report(2)
+    original["baseline"]["ort_accuracy"] = {"test": 0.999}   # the run's fp32 model: 99.9 %
+    (proj / "report.json").write_text(json.dumps(original))  # next to the recipe, as a run leaves it
+    assert main(["-q", "apply", str(recipe), "--config", str(cfg), "--out", "s1"]) == NOT_MET
+    out = capsys.readouterr().out
+    assert "relative to the weights given): budget met" in out
+    assert "relative to the original reference): budget NOT met" in out and "99.90 %" in out
+    original["baseline"]["ort_accuracy"] = {"test": 0.992}
+    (proj / "report.json").write_text(json.dumps(original))
+    assert main(["-q", "apply", str(recipe), "--config", str(cfg), "--out", "s2"]) == OK
+    assert "original reference): budget met" in capsys.readouterr().out

@@ -37,12 +37,13 @@ def test_run_apply_check_walkthrough(tmp_path, monkeypatch):
                  "--weights", str(EXAMPLES / "weights" / "custom_cnn_v2.safetensors"), "--out", "sprint2"]) == 0
     assert json.loads((tmp_path / "sprint2" / "report.json").read_text())["trials"][0]["state"] == "complete"
 
-    # 3. check passes for the new sprint's artifact against the kept report (a retrained model's
-    #    artifact may come out a few percent larger: the team sets the size tolerance it accepts)
+    # 3. check passes for the new sprint's artifact against the kept report with the default
+    #    tolerances (a retrained model's entropy-coded artifact came out 4.9 % larger; its accuracy
+    #    moves within the test set's sampling error): no flag needed for a benign retrain
     assert main(["-q", "check", "--config", "cfg.yaml",
                  "--weights", str(EXAMPLES / "weights" / "custom_cnn_v2.safetensors"),
                  "--artifact", "sprint2/model.acz", "--baseline", str(run / "report.json"),
-                 "--tol-size", "0.25", "--summary", "ok.md", "--junit", "ok.xml"]) == 0, \
+                 "--summary", "ok.md", "--junit", "ok.xml"]) == 0, \
         (tmp_path / "ok.md").read_text()
     assert "failures=\"0\"" in (tmp_path / "ok.xml").read_text()
 
