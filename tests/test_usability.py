@@ -174,3 +174,36 @@ def test_cli_levels_default_hides_info(monkeypatch):
         progress.set_enabled(None)
         monkeypatch.delenv("AUTOCOMPRESS_PROGRESS", raising=False)
         monkeypatch.delenv("TQDM_DISABLE", raising=False)
+
+
+# -- the headline leads with the deployed result ------------------------------------------------
+
+def test_headline_deployed_first_and_warns_when_it_did_not_shrink(tmp_path):
+    from test_report import sample_report
+
+    from autocompress.report import headline, render_html, render_markdown
+
+    rep = sample_report(4)
+    lines = headline(rep)
+    assert lines[0].startswith("deployed model.onnx (ONNX Runtime): 1.73 MB -> 300.00 kB (5.8x smaller)")
+    assert "faster at batch 64" in lines[0] and "test accuracy 99.20 % -> 99.10 %" in lines[0]
+    assert lines[1].startswith("storage artifact model.acz: 30.00 kB, 57.5x smaller")
+    assert not any(x.startswith("warning") for x in lines)
+    md = render_markdown(rep)
+    assert md.index("deployed model.onnx") < md.index("Before / after")   # leads the report
+    assert "deployed model.onnx" in render_html(rep, plots={})
+
+    # only the storage artifact is small: said in so many words
+    rep["final"]["onnx_bytes"] = rep["baseline"]["onnx_bytes"]
+    lines = headline(rep)
+    assert "same size" in lines[0] and lines[-1].startswith("warning: the deployed file did not shrink")
+    assert "storage artifact only" in lines[-1]
+
+    # deployed size not recorded: measured from the exported file the report lists
+    rep["final"]["onnx_bytes"] = None
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"x" * 1234)
+    rep["artifacts"] = {"onnx": str(onnx)}
+    assert "-> 1.23 kB" in headline(rep)[0]
+    rep["final"]["deployed_zipped_bytes"] = 999   # a zipped size, when recorded, sits beside it
+    assert "zipped 999 B" in headline(rep)[0]

@@ -44,11 +44,12 @@ def _config(path: str, out: str | None = None, **overrides: Any):
 
 def _finish(result: Any, out: Path, what: str) -> int:
     """Make sure the result and its reports are on disk, print the table and the verdict."""
-    from autocompress.report import before_after_table
+    from autocompress.report import before_after_table, headline
 
     if not (out / "report.json").exists():   # compress/apply_recipe export as they finish
         result.export(out)
     report = result.to_dict()
+    print("\n".join(headline(report) + [""]))
     print(before_after_table(report))
     verdict = "budget met" if result.met else "budget NOT met"
     print(f"\n{what}: {verdict}. {report.get('message', '')}".rstrip())

@@ -38,9 +38,9 @@ def run_demo(model: str = "lenet5", out_dir: str | Path = "out/demo", quick: boo
     net = load_baseline(model)
     budget = budget or (QUICK_BUDGET if quick else DEMO_BUDGET)
     result = compress(net, data, budget, out_dir=out, quick=quick, title=f"autocompress demo: {model} on MNIST")
-    from autocompress.report import before_after_table
+    from autocompress.report import before_after_table, headline
     doc = result.to_dict()
-    lines = [f"\n{doc['title']}", "", before_after_table(doc), "", result.message,
+    lines = [f"\n{doc['title']}", "", *headline(doc), "", before_after_table(doc), "", result.message,
              f"recipe: {result.recipe.describe() if result.recipe else '-'}",
              f"artifacts in {out}/ : model.onnx, model.acz, recipe.yaml, report.md, report.html, report.json",
              f"({time.time() - t0:.0f} s)"]

@@ -5,9 +5,10 @@ baseline and final measurements, trials, pareto, layers, recipe, blocking_layers
 Every key is optional; plots need matplotlib, which loads only when a report is written.
 """
 
+from autocompress.report.headline import headline
 from autocompress.report.render import render_html, render_markdown, write_reports
 from autocompress.report.sensitivity import sensitivity_tables, write_inspect
 from autocompress.report.tables import before_after_table
 
-__all__ = ["before_after_table", "render_html", "render_markdown", "sensitivity_tables", "write_inspect",
+__all__ = ["before_after_table", "headline", "render_html", "render_markdown", "sensitivity_tables", "write_inspect",
            "write_reports"]

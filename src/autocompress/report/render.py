@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from autocompress import safefs
+from autocompress.report.headline import headline
 from autocompress.report.plots import all_plots
 from autocompress.report.tables import (LAYER_HEADER, TRIAL_HEADER, before_after_rows, layer_rows,
                                         md_table, trial_rows)
@@ -56,6 +57,8 @@ def render_markdown(report: dict, plot_files: dict[str, str] | None = None) -> s
     if report.get("created"):
         out += [f"_created {report['created']}_", ""]
     out += [f"**{_verdict(report)}**", ""]
+    if headline(report):   # the deployed result leads; the storage ratio is not the deployed size
+        out += [f"- {line}" for line in headline(report)] + [""]
     if report.get("blocking_layers"):
         out += ["Layers that block the budget (most sensitive first): "
                 + ", ".join(f"`{x}`" for x in report["blocking_layers"]), ""]
@@ -132,6 +135,8 @@ def render_html(report: dict, plots: dict[str, bytes] | None = None) -> str:
     if report.get("created"):
         parts.append(f'<div class="created">created {e(str(report["created"]))}</div>')
     parts.append(f'<p class="verdict {"met" if met else "notmet"}">{e(_verdict(report))}</p>')
+    if headline(report):
+        parts.append('<ul class="headline">' + "".join(f"<li>{e(x)}</li>" for x in headline(report)) + "</ul>")
     if report.get("blocking_layers"):
         parts.append("<p>Layers that block the budget (most sensitive first): "
                      + ", ".join(f"<code>{e(x)}</code>" for x in report["blocking_layers"]) + "</p>")
