@@ -166,6 +166,35 @@ def test_keras_cnn_keeps_nhwc_and_matches_keras(tmp_path):
     check_parity(conv, export_onnx(conv, xt, tmp_path / "pruned.onnx"), torch.from_numpy(x), atol=1e-4)
 
 
+def test_keras_functional_bn_residual_depthwise_gap(tmp_path):
+    keras = _keras()
+    from autocompress.prune import StructuredPruneConfig, model_cost, prune_channels_
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    h = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, padding="same", use_bias=False)(inp)))
+    h = L.Add()([h, L.Conv2D(8, 3, padding="same", activation="relu")(h)])
+    h = L.Conv2D(16, 1, activation="relu")(L.DepthwiseConv2D(3, padding="same")(h))
+    km = keras.Model(inp, L.Dense(10)(L.Dropout(0.2)(L.GlobalAveragePooling2D()(h))))
+    x = np.random.default_rng(0).standard_normal((6, 16, 16, 3)).astype(np.float32)
+    km(x)
+    bn = next(layer for layer in km.layers if isinstance(layer, L.BatchNormalization))
+    bn.moving_mean.assign(np.linspace(-0.1, 0.1, 8).astype(np.float32))   # BN that is not the identity
+    bn.moving_variance.assign(np.linspace(0.5, 1.5, 8).astype(np.float32))
+    conv = ac.from_keras(km)
+    with torch.no_grad():
+        got = conv(torch.from_numpy(x)).numpy()
+    assert np.abs(got - np.asarray(km(x).detach().cpu())).max() <= 1e-4
+    kinds = [type(m).__name__ for m in conv.net.modules()]
+    # BN folded into its conv, the residual add and the pooling in NCHW: one layout change, at the input
+    assert kinds.count("OnnxTranspose") == 1 and kinds.count("Conv2d") == 4 and kinds.count("Linear") == 1
+    xt = torch.from_numpy(x)
+    p0 = model_cost(conv, xt[:2], "params")
+    prune_channels_(conv, StructuredPruneConfig(ratio=0.5), xt[:2])
+    assert model_cost(conv, xt[:2], "params") < 0.7 * p0
+    check_parity(conv, export_onnx(conv, xt[:2], tmp_path / "pruned.onnx"), xt, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_keras_mnist_example_quick(tmp_path):
     _keras()

@@ -98,6 +98,18 @@ def onnx_bytes(path: str | Path) -> int:
     return Path(path).stat().st_size
 
 
+def optimize_basic(src: str | Path, dst: str | Path) -> Path:
+    """Write ``src`` after ONNX Runtime's semantics-preserving rewrites (level "basic": constant
+    folding, redundant-node removal, transposes pushed through element-wise ops and cancelled,
+    Conv+Add/Mul and MatMul+Add fusions) as a standard-operator ONNX file ``dst``."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    return Path(dst)
+
+
 def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

@@ -9,11 +9,15 @@ onnx2torch's data-dependent Reshape. Each pass below is an exact identity on the
 
 * casts to the dtype a tensor already has are dropped;
 * ``MatMul`` by a constant matrix (plus a following ``Add`` of a constant vector) becomes ``nn.Linear``;
-* a constant ``Add`` after a convolution (directly, or behind the NCHW->NHWC transpose) becomes its bias;
+* per-channel constant Add/Sub/Mul/Div after a convolution (a Keras bias, an unfused BatchNorm;
+  directly or behind the NCHW->NHWC transpose) fold into its weight and bias;
 * a transpose and its inverse around element-wise ops cancel (NHWC sandwiches collapse to NCHW);
 * ``Reshape`` to ``(batch, -1)`` becomes ``torch.flatten(x, 1)``; other constant reshapes a static
   ``torch.reshape``; an NCHW->NHWC transpose feeding flatten -> ``nn.Linear`` is folded into the
-  linear weight's column order.
+  linear weight's column order; a mean over NHWC axes behind that transpose reduces NCHW axes.
+
+Before these, :func:`autocompress.frontends.onnx_in.from_onnx` lets ONNX Runtime's basic rewrites
+push the exporter's transposes towards the input and fold constants.
 
 The module keeps the file's input layout: a Keras model still takes NHWC images.
 """
@@ -35,7 +39,7 @@ def canonicalize(gm: fx.GraphModule, example: list[torch.Tensor]) -> fx.GraphMod
         _shapes(gm, example)
         changed = False
         for p in (_drop_casts, _reshapes, _matmul_to_linear, _conv_bias, _cancel_transposes,
-                  _fold_flatten_transpose):
+                  _fold_flatten_transpose, _reduce_through_transpose):
             if p(gm):
                 changed = True
                 _commit(gm)
@@ -168,31 +172,79 @@ def _matmul_to_linear(gm: fx.GraphModule) -> bool:
     return changed
 
 
+_AFFINE = {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div"}
+
+
+def _channel_const(gm: fx.GraphModule, n: fx.Node, src: fx.Node, c: int, spatial: int, last: bool):
+    """``(op, values)`` when ``n`` is Add/Sub/Mul/Div of ``src`` by a per-channel (or scalar) constant
+    (channels on axis 1, or last when ``last``); Sub/Div only with ``src`` first."""
+    m = _mod(gm, n, _cls("OnnxBinaryMathOperation"))
+    if m is None or m.broadcast == 1 or len(n.args) != 2 or _AFFINE.get(m.math_op_function) is None:
+        return None
+    op = _AFFINE[m.math_op_function]
+    a, b = n.args
+    if a is src:
+        k = _const(gm, b)
+    elif b is src and op in ("add", "mul"):
+        k = _const(gm, a)
+    else:
+        return None
+    if k is None or not k.is_floating_point():
+        return None
+    if k.numel() == 1:
+        return op, k.reshape(1).expand(c)
+    if k.numel() != c:
+        return None
+    shape = list(k.shape)
+    if last:
+        ok = shape[-1] == c
+    else:
+        ok = len(shape) > spatial and all(s == 1 for s in shape[len(shape) - spatial:])
+    return (op, k.reshape(-1)) if ok else None
+
+
 def _conv_bias(gm: fx.GraphModule) -> bool:
+    """Per-channel Add/Sub/Mul/Div constants after a convolution (a Keras bias, an unfused
+    BatchNorm) become the convolution's weight scale and bias, directly or behind the NHWC transpose."""
     changed = False
     for n in list(gm.graph.nodes):
         conv = _mod(gm, n, _CONVS)
-        user = _only_user(n) if conv is not None else None
-        if user is None:
+        if conv is None:
             continue
         c, spatial = conv.out_channels, conv.weight.ndim - 2
-        b, keep = _add_of_const(gm, user, n), n
-        # NCHW: a (C, 1, 1) / (1, C, 1, 1) constant is a per-channel bias
-        ok = (b is not None and b.numel() == c and b.ndim > spatial
-              and all(s == 1 for s in b.shape[b.ndim - spatial:]))
-        t = _mod(gm, user, _cls("OnnxTranspose"))
-        if not ok and t is not None and list(t.perm or []) == [0, *range(2, spatial + 2), 1]:
-            # NHWC (Keras): conv -> transpose to channels-last -> add a (C,) constant
-            add = _only_user(user)
-            b, keep = _add_of_const(gm, add, user), user
-            ok = b is not None and b.numel() == c and b.shape[-1] == c
-            user = add
-        if not ok:
+        src, last = n, False
+        t_user = _only_user(n)
+        t = _mod(gm, t_user, _cls("OnnxTranspose"))
+        if t is not None and list(t.perm or []) == [0, *range(2, spatial + 2), 1]:
+            src, last = t_user, True
+        w = conv.weight.detach().clone()
+        b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(c, dtype=w.dtype)
+        folded = []
+        while (u := _only_user(src)) is not None:
+            hit = _channel_const(gm, u, src, c, spatial, last)
+            if hit is None:
+                break
+            op, k = hit
+            k = k.to(w.dtype)
+            view = k.reshape(-1, *([1] * (w.ndim - 1)))
+            if op == "add":
+                b = b + k
+            elif op == "sub":
+                b = b - k
+            elif op == "mul":
+                w, b = w * view, b * k
+            else:
+                w, b = w / view, b / k
+            folded.append(u)
+            src = u
+        if not folded:
             continue
-        bias = b.detach().reshape(-1).to(conv.weight.dtype)
-        conv.bias = nn.Parameter(bias.clone() if conv.bias is None else conv.bias.detach() + bias)
-        user.replace_all_uses_with(keep)
-        gm.graph.erase_node(user)
+        conv.weight = nn.Parameter(w)
+        conv.bias = nn.Parameter(b)
+        keep = t_user if last else n
+        folded[-1].replace_all_uses_with(keep)
+        for u in reversed(folded):
+            gm.graph.erase_node(u)
         changed = True
     return changed
 
@@ -254,6 +306,34 @@ def _fold_flatten_transpose(gm: fx.GraphModule) -> bool:
             wt = lin.weight.reshape(lin.out_features, h, w, c).permute(0, 3, 1, 2).reshape(lin.out_features, -1)
             lin.weight = nn.Parameter(wt.contiguous().clone())
         (chain[0] if chain else f).replace_input_with(n, n.args[0])
+        gm.graph.erase_node(n)
+        return True
+    return False
+
+
+def _reduce_through_transpose(gm: fx.GraphModule) -> bool:
+    """``mean(act(x.permute(p)), axes)`` == ``mean(act(x), p[axes])`` when the kept axes stay in
+    order (Keras' GlobalAveragePooling2D over NHWC: axes (1, 2) of NHWC are (2, 3) of NCHW)."""
+    tr, red = _cls("OnnxTranspose"), _cls("OnnxReduceStaticAxes")
+    for n in list(gm.graph.nodes):
+        t = _mod(gm, n, tr)
+        if t is None or t.perm is None:
+            continue
+        perm = list(t.perm)
+        chain, cur = [], n
+        while (u := _only_user(cur)) is not None and _mod(gm, u, _ELEMENTWISE) is not None:
+            chain.append(u)
+            cur = u
+        r_node = _only_user(cur)
+        r = _mod(gm, r_node, red)
+        if r is None or r.keepdims or not r.axes:
+            continue
+        axes = [a % len(perm) for a in r.axes]
+        kept = [perm[i] for i in range(len(perm)) if i not in axes]
+        if kept != sorted(kept):
+            continue
+        r.axes = sorted(perm[a] for a in axes)
+        (chain[0] if chain else r_node).replace_input_with(n, n.args[0])
         gm.graph.erase_node(n)
         return True
     return False

@@ -79,6 +79,7 @@ def from_onnx(path: str | Path, *, atol: float = 1e-4, shapes: Mapping[str, Sequ
     out_names = [v.name for v in proto.graph.output]
     o2t = onnx2torch()          # loads the converter (and our extra converters) before any look-up
     proto = _supported_version(proto, path)
+    proto = _ort_basic(proto, path)
     drop_needless_allowzero(proto)
     try:
         gm = o2t.convert(proto)
@@ -173,6 +174,45 @@ def _check_supported(proto, path: Path) -> None:
                             f"{'; '.join(parts)}. Re-export the model without them (e.g. a lower opset "
                             f"or the standard domain), or register a converter with "
                             f"onnx2torch.node_converters.add_converter")
+
+
+def _ort_basic(proto, path: Path):
+    """The graph after ONNX Runtime's basic rewrites when the converter takes all of it, else ``proto``.
+
+    Exporters such as Keras' write a layout change around every op; ONNX Runtime pushes them to
+    the input and folds constants, which leaves the techniques plain layers to work on."""
+    import tempfile
+
+    import onnx
+
+    from autocompress.export.onnx import optimize_basic
+
+    with tempfile.TemporaryDirectory(prefix="autocompress-onnx-") as d:
+        try:
+            src = Path(d) / "in.onnx"
+            onnx.save(proto, str(src))
+            opt = onnx.load(str(optimize_basic(src, Path(d) / "opt.onnx")))
+            _check_supported(opt, path)
+            _plain_node_names(opt)
+            return opt
+        except Exception as e:  # noqa: BLE001 - an optimisation only: convert the graph as written
+            log.info("%s: ONNX Runtime's graph rewrites not used (%s: %s)", path.name, type(e).__name__,
+                     str(e)[:200])
+            return proto
+
+
+def _plain_node_names(proto) -> None:
+    """Node names become module names: ONNX Runtime's fused nodes ('MatMul/MatMulAddFusion') would
+    put '/' into parameter names."""
+    import re
+
+    seen: set[str] = set()
+    for i, n in enumerate(proto.graph.node):
+        name = re.sub(r"\W", "_", n.name or f"node_{i}").strip("_") or f"node_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        seen.add(name)
+        n.name = name
 
 
 def _node_failures(proto) -> str:
