@@ -29,6 +29,7 @@ from autocompress.check_noise import (Z99, accuracy_tolerance, is_uncompressed, 
 from autocompress.config import Config, ConfigError
 from autocompress.data import Splits
 from autocompress.report.tables import accuracy_of, fmt_bytes, fmt_pct, latency_of, md_table
+from autocompress.search import budget_rules
 from autocompress.search.budget import Budget
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,17 @@ def _size_of_final(final: dict, storage: bool) -> float | None:
     return final.get("storage_bytes" if storage else "onnx_bytes") or None
 
 
+def budget_items(budget: Budget, base: dict, cand: dict, context: dict[str, str] | None = None) -> list[CheckItem]:
+    """The budget's checks: one item per rule of :mod:`autocompress.search.budget_rules` (the rules
+    the search's constraints come from), ``context`` (rule name -> text) added to each item's detail."""
+    items = []
+    for v in budget_rules.judge(budget, base, cand):
+        ctx = (context or {}).get(v.rule.name, "")
+        why = ctx if v.passed else budget_rules.message(budget, base, v) + (f" ({ctx})" if ctx else "")
+        items.append(CheckItem("budget", v.rule.label, v.passed, v.measured, v.required, why))
+    return items
+
+
 def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None = None,
               budget: Budget | None = None, reference_onnx: str | Path | None = None,
               storage_bytes: int | None = None, fp32_bytes: int | None = None,
@@ -222,6 +234,9 @@ def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None
     use_storage = budget.size_of == "storage" and storage_bytes is not None
     size = storage_bytes if use_storage else onnx_bytes(candidate_onnx)
     size_kind = "storage artifact" if use_storage else f"{target.suffix[1:].upper()} file"
+    if budget.min_size_ratio is not None and fp32 is None:
+        raise CheckInputError("the budget asks for a size ratio but the fp32 size is unknown: pass a "
+                              "baseline report, --config, or --reference-onnx")
 
     figures: dict[str, Any] = {"test_samples": n_test, "threads": budget.threads, "accuracy": acc,
                                "reference_accuracy": ref_acc, "size_bytes": size, "size_kind": size_kind,
@@ -234,34 +249,18 @@ def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None
         figures.update(reference_ms=t.ref_ms, candidate_ms=t.cand_ms, speedup=t.speedup,
                        speedup_ci=[t.low, t.high], timing_rounds=t.rounds)
 
-    items: list[CheckItem] = []
-    # budget: the same constraints the search used (Budget.allowed_accuracy keeps the semantics)
-    floor = budget.allowed_accuracy(ref_acc)
-    items.append(CheckItem("budget", "accuracy", acc >= floor - 1e-12, fmt_pct(acc), f">= {fmt_pct(floor)}",
-                           f"test accuracy {fmt_pct(acc)} is below {fmt_pct(floor)} ({ref_label} "
-                           f"{fmt_pct(ref_acc)}, max drop {budget.max_drop:g} {budget.drop_mode})"))
-    if budget.min_size_ratio is not None:
-        if fp32 is None:
-            raise CheckInputError("the budget asks for a size ratio but the fp32 size is unknown: pass a "
-                                  "baseline report, --config, or --reference-onnx")
-        ratio = fp32 / max(size, 1)
-        items.append(CheckItem("budget", "size ratio", ratio >= budget.min_size_ratio, f"{ratio:.1f}x",
-                               f">= {budget.min_size_ratio:g}x",
-                               f"{size_kind} {fmt_bytes(size)} vs fp32 {fmt_bytes(fp32)}"))
-    if budget.max_size_bytes is not None:
-        items.append(CheckItem("budget", "size", size <= budget.max_size_bytes, fmt_bytes(size),
-                               f"<= {fmt_bytes(budget.max_size_bytes)}", f"{size_kind} is {size} B"))
-    if budget.min_speedup is not None:
-        sp = figures["speedup"]
-        items.append(CheckItem("budget", "speed-up", sp >= budget.min_speedup, f"{sp:.2f}x",
-                               f">= {budget.min_speedup:g}x", f"at batch {budget.latency_batch}, interleaved "
-                               f"with the fp32 reference in this run"))
-    if budget.max_latency_ms is not None:
-        if lat_c is None:
-            lat_c = target.time({"candidate": candidate_onnx}, data.input_shape, (budget.latency_batch,),
-                                threads=budget.threads, runs=runs)["candidate"][budget.latency_batch].median_ms
-        items.append(CheckItem("budget", "latency", lat_c <= budget.max_latency_ms, f"{lat_c:.3f} ms",
-                               f"<= {budget.max_latency_ms:g} ms", "absolute time: depends on the machine"))
+    if budget.max_latency_ms is not None and lat_c is None:
+        lat_c = target.time({"candidate": candidate_onnx}, data.input_shape, (budget.latency_batch,),
+                            threads=budget.threads, runs=runs)["candidate"][budget.latency_batch].median_ms
+    # budget: the same rules the search's constraints come from
+    items = budget_items(budget, {"accuracy": ref_acc, "fp32_bytes": fp32, "latency_ms": figures.get("reference_ms")},
+                         {"accuracy": acc, "size_bytes": size, "latency_ms": lat_c, "speedup": figures["speedup"]},
+                         {"accuracy": f"test split; the reference is the {ref_label}",
+                          "size_ratio": f"{size_kind} {fmt_bytes(size)} vs fp32 {fmt_bytes(fp32)}",
+                          "size_bytes": f"{size_kind} is {size} B",
+                          "speedup": f"at batch {budget.latency_batch}, interleaved with the fp32 reference "
+                                     f"in this run",
+                          "latency_ms": "absolute time: depends on the machine"})
 
     if final_m:
         items += _baseline_items(final_m, base_m, figures, tol, use_storage, budget.latency_batch,
@@ -367,8 +366,8 @@ def against_original(report: dict, original: dict, budget: Budget) -> tuple[bool
     acc, label = accuracy_of((report or {}).get("final"))
     if ref is None or acc is None:
         return True, "the original run's report has no test accuracy to compare with"
-    floor = budget.allowed_accuracy(ref)
-    ok = acc >= floor - 1e-12
+    v = budget_rules.verdict(budget, "accuracy", {"accuracy": ref}, {"accuracy": acc})
+    ok, floor = v.passed, v.limit
     return ok, (f"against the original reference ({fmt_pct(ref)} in the run's report): test accuracy "
                 f"{fmt_pct(acc)} ({label}) {'meets' if ok else 'is below'} the floor {fmt_pct(floor)}")
 

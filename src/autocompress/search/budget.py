@@ -70,23 +70,8 @@ class Budget(Config):
         """Which constraints ``candidate`` breaks, as readable sentences (empty = budget met).
 
         Both arguments are plain dicts with ``accuracy`` (fraction), ``size_bytes``,
-        ``fp32_bytes`` and optionally ``latency_ms`` (at ``latency_batch``)."""
-        out = []
-        floor = self.allowed_accuracy(baseline["accuracy"])
-        if candidate["accuracy"] < floor - 1e-12:
-            out.append(f"accuracy {100 * candidate['accuracy']:.2f} % is below the allowed "
-                       f"{100 * floor:.2f} % (baseline {100 * baseline['accuracy']:.2f} %, max drop {self.max_drop})")
-        ratio = baseline["fp32_bytes"] / max(candidate["size_bytes"], 1)
-        if self.min_size_ratio is not None and ratio < self.min_size_ratio:
-            out.append(f"size ratio {ratio:.1f}x is below the required {self.min_size_ratio:g}x")
-        if self.max_size_bytes is not None and candidate["size_bytes"] > self.max_size_bytes:
-            out.append(f"size {candidate['size_bytes']} B exceeds {self.max_size_bytes} B")
-        lat, base_lat = candidate.get("latency_ms"), baseline.get("latency_ms")
-        if self.min_speedup is not None:
-            if lat is None or base_lat is None:
-                out.append("latency was not measured")
-            elif base_lat / lat < self.min_speedup:
-                out.append(f"speed-up {base_lat / lat:.2f}x is below the required {self.min_speedup:g}x")
-        if self.max_latency_ms is not None and (lat is None or lat > self.max_latency_ms):
-            out.append(f"latency {lat} ms exceeds {self.max_latency_ms} ms")
-        return out
+        ``fp32_bytes`` and optionally ``latency_ms`` (at ``latency_batch``). The rules themselves
+        are in :mod:`autocompress.search.budget_rules` (the search's constraints and ``check`` read
+        them too)."""
+        from autocompress.search import budget_rules
+        return budget_rules.violations(self, baseline, candidate)

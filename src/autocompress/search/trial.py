@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from autocompress import safefs
+from autocompress.search import budget_rules
 from autocompress.search import space as space_mod
 from autocompress.search.steps import apply_recipe_steps, deploy
 from autocompress.train import TrainingStopped
@@ -65,9 +66,8 @@ def _trial(trial, shared):
     if acc < floor - 0.05:
         # hopeless on accuracy: skip the expensive export/measurement, tell the sampler why
         # same constraint names as a measured trial (the sampler compares them); others unmeasured
-        names = constraint_values(shared, {"accuracy": acc, "size_bytes": 1, "latency_ms": 1.0},
-                                  dict(shared.base, latency_ms=1.0))
-        set_constraints(trial, {k: (floor - acc if k == "accuracy" else 0.0) for k in names})
+        set_constraints(trial, {r.name: (floor - acc if r.name == "accuracy" else 0.0)
+                                for r in budget_rules.active(shared.budget)})
         trial.set_user_attr("note", f"val accuracy {100 * acc:.2f} % far below floor {100 * floor:.2f} %")
         raise optuna.TrialPruned(trial.user_attrs["note"])
     tdir = Path(tempfile.mkdtemp(prefix=f"trial{trial.number}-", dir=shared.ctx.work_dir))
@@ -121,18 +121,8 @@ def set_constraints(trial, values: dict[str, float]) -> None:
 
 
 def constraint_values(shared, cand: dict, base: dict) -> dict[str, float]:
-    """Optuna constraint form: each value <= 0 means satisfied (scaled to be comparable)."""
-    b = shared.budget
-    out = {"accuracy": shared.budget.allowed_accuracy(base["accuracy"]) - cand["accuracy"]}
-    if b.min_size_ratio is not None:
-        out["size_ratio"] = b.min_size_ratio / (base["fp32_bytes"] / cand["size_bytes"]) - 1.0
-    if b.max_size_bytes is not None:
-        out["size_bytes"] = cand["size_bytes"] / b.max_size_bytes - 1.0
-    if b.min_speedup is not None and cand["latency_ms"] and base["latency_ms"]:
-        out["speedup"] = b.min_speedup / (base["latency_ms"] / cand["latency_ms"]) - 1.0
-    if b.max_latency_ms is not None and cand["latency_ms"]:
-        out["latency_ms"] = cand["latency_ms"] / b.max_latency_ms - 1.0
-    return out
+    """Optuna constraint form: each value <= 0 means satisfied (the budget's rules, scaled to compare)."""
+    return budget_rules.constraints(shared.budget, base, cand)
 
 
 def score(attrs: dict, budget) -> tuple:
