@@ -207,3 +207,45 @@ def test_headline_deployed_first_and_warns_when_it_did_not_shrink(tmp_path):
     assert "-> 1.23 kB" in headline(rep)[0]
     rep["final"]["deployed_zipped_bytes"] = 999   # a zipped size, when recorded, sits beside it
     assert "zipped 999 B" in headline(rep)[0]
+
+
+# -- data pitfalls ------------------------------------------------------------------------------
+
+def _synthetic(shift: float = 0.0, scale: float = 1.0):
+    import numpy as np
+
+    from autocompress.data import from_datasets
+    rng = np.random.default_rng(0)
+    w = np.random.default_rng(1).normal(size=(16, 3)).astype(np.float32)
+
+    def part(n):
+        x = rng.normal(size=(n, 16)).astype(np.float32)
+        return x * scale + shift, (x @ w).argmax(1)
+    return from_datasets(part(2000), part(500), part(200))
+
+
+def test_unnormalised_inputs_are_flagged():
+    import torch
+    from torch import nn
+
+    from autocompress.data_checks import input_scaling_warning
+    from autocompress.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = fit(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)), _synthetic().train,
+                TrainConfig(epochs=3, lr=3e-3, batch_size=64, progress=False))
+    assert input_scaling_warning(model, _synthetic()) is None          # the data it was trained on
+    msg = input_scaling_warning(model, _synthetic(shift=2.0, scale=0.3))  # same task, other units
+    assert msg and "standardised" in msg and "normalise the inputs" in msg
+
+
+def test_validation_far_above_test_is_flagged():
+    from autocompress.report import headline
+    from autocompress.report.headline import split_overlap_warning
+
+    overlapping = {"baseline": {"accuracy": {"val": 0.999, "test": 0.94}}}
+    assert "overlap the validation split" in split_overlap_warning(overlapping)
+    assert split_overlap_warning({"baseline": {"accuracy": {"val": 0.984, "test": 0.979}}}) is None
+    rep = {"baseline": {"accuracy": {"val": 0.999, "test": 0.94}, "fp32_bytes": 1000, "onnx_bytes": 1100},
+           "final": {"onnx_bytes": 300, "accuracy": {"val": 0.998, "test": 0.939}}}
+    assert headline(rep)[-1].startswith("warning: the original model's validation accuracy 99.90 %")

@@ -86,9 +86,13 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _resolve(cfg: Any, weights: str | None = None) -> tuple[Any, Any, Any]:
+    from autocompress.data_checks import warn_data_pitfalls
     from autocompress.runconfig import load_data, load_metric, load_model
 
-    return load_model(cfg, weights=weights), load_data(cfg), load_metric(cfg)
+    model, data = load_model(cfg, weights=weights), load_data(cfg)
+    if cfg.metric is None:   # top-1 models only: a custom metric's outputs are not class scores
+        warn_data_pitfalls(model, data)
+    return model, data, load_metric(cfg)
 
 
 def _search(cfg: Any, resolved: tuple[Any, Any, Any], resume: bool) -> int:

@@ -7,6 +7,7 @@ file still holds fp32 weights that claim is about the archive only, and the head
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from autocompress.report.tables import (_num, _ratio_faster, _ratio_smaller, accuracy_of, fmt_bytes, fmt_pct,
@@ -44,6 +45,23 @@ def _latency_batch(report: dict, b: dict, f: dict) -> int | None:
     return None
 
 
+def split_overlap_warning(report: dict) -> str | None:
+    """A sentence when the baseline's validation accuracy is far above its test accuracy: a
+    pretrained model whose training data overlap the validation split scores near-perfectly there,
+    and every decision of the search (made on validation) rests on a split that cannot see a loss.
+    Rule: more than 1 point apart and the validation error under half the test error."""
+    acc = ((report or {}).get("baseline") or {}).get("accuracy") or {}
+    val, test = acc.get("val"), acc.get("test")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (val, test)):
+        return None
+    gap, val_err, test_err = val - test, 1 - val, 1 - test
+    if gap > 0.01 and val_err < 0.5 * test_err:
+        return (f"the original model's validation accuracy {100 * val:.2f} % is far above its test accuracy "
+                f"{100 * test:.2f} %: does its training data overlap the validation split? The search decides "
+                f"on validation, which then cannot see a loss")
+    return None
+
+
 def headline(report: dict) -> list[str]:
     """Two or three plain lines (no markup) from a ``report.json`` dict; empty without a result."""
     b, f = report.get("baseline") or {}, report.get("final") or {}
@@ -73,4 +91,7 @@ def headline(report: dict) -> list[str]:
         lines.append(f"warning: the deployed file did not shrink ({fmt_bytes(before)} -> {fmt_bytes(after)}): "
                      + ("the size gain is in the storage artifact only" if storage is not None
                         else "this result is not smaller where it runs"))
+    overlap = split_overlap_warning(report)
+    if overlap:
+        lines.append(f"warning: {overlap}")
     return lines
