@@ -1,0 +1,178 @@
+"""What a user deploys: the compressed model's ``model.onnx`` on stock ONNX Runtime, beside the fp32
+file and ONNX Runtime's own ``quantize_static`` (int8 QDQ) of it, on MNIST (LeNet-5, LeNet-300-100).
+
+    python benchmarks/bench_deploy.py              # compress() per budget (~8 min each), full test split
+    python benchmarks/bench_deploy.py --quick      # smoke run (< 2 min): fixed recipes replayed with
+                                                   # short fine-tunes, 2,000 test images, 30 timing runs
+    python benchmarks/bench_deploy.py --executorch # + the ExecuTorch rows (bench_executorch.rows)
+
+Budgets: "smallest, <= 0.1 points" and "fastest, <= 0.3 points" (validation split decides, test is
+reported). Per file: bytes on disk, bytes DEFLATE-zipped (what an app package ships), median latency
+at batch 1 and 64 on ONNX Runtime (1 thread, every file of one model interleaved in one process),
+and top-1 test accuracy measured by ``ort_plain.py``: a separate process with only onnxruntime and
+numpy (autocompress and torch refused), default session options. ``acz`` is the storage artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autocompress import targets
+from autocompress.baselines import load_baseline
+from autocompress.data import Splits, load_mnist
+from autocompress.export.qdq import ort_quantize_static
+from autocompress.measure import zipped_bytes
+from autocompress.models import MODELS
+from autocompress.search import Budget, Recipe, apply_recipe, compress
+
+HERE = Path(__file__).resolve().parent
+BUDGETS = {"smallest": Budget(max_drop=0.1, objective="smallest", min_size_ratio=None, time_limit_s=480,
+                              max_trials=8),
+           "fastest": Budget(max_drop=0.3, objective="fastest", latency_batch=64, time_limit_s=480,
+                             max_trials=8)}
+# --quick: one recipe per budget, replayed (the deploy path of the search, without the search)
+QUICK = {"smallest": Recipe(sparsity=0.9, cluster_bits=4, finetune_epochs=0.25),
+         "fastest": Recipe(quant="int8", finetune_epochs=0.0)}
+GOAL_X = 20.0          # deployed ONNX at least this much smaller than fp32 (LeNet-5, smallest)
+
+
+def _subset(data: Splits, n_train: int, n_eval: int) -> Splits:
+    """--quick: fixed leading subsets (the same code path on less data)."""
+    from torch.utils.data import Subset
+    cut = lambda ds, n: Subset(ds, range(min(n, len(ds))))    # noqa: E731
+    return Splits(cut(data.train, n_train), cut(data.val, n_eval), cut(data.test, n_eval),
+                  data.input_shape, data.num_classes)
+
+
+def _test_arrays(data: Splits, limit: int | None, work: Path) -> tuple[Path, Path]:
+    xs, ys = zip(*data.loader("test", 1000, limit=limit))
+    x, y = work / "test_x.npy", work / "test_y.npy"
+    np.save(x, torch.cat(xs).numpy())
+    np.save(y, torch.cat(ys).numpy())
+    return x, y
+
+
+def plain_ort_accuracy(onnx_path: Path, x: Path, y: Path) -> float:
+    """Accuracy from a process that has onnxruntime + numpy only (see ort_plain.py)."""
+    out = subprocess.run([sys.executable, "-I", str(HERE / "ort_plain.py"), str(onnx_path), str(x), str(y)],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"plain onnxruntime could not run {onnx_path}: {out.stderr.strip()[-800:]}")
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    if doc["blocked_imports"] or doc["loaded"]:
+        raise RuntimeError(f"{onnx_path}: the plain process needed {doc['blocked_imports'] or doc['loaded']}")
+    return doc["accuracy"]
+
+
+def _compressed(name: str, kind: str, base, data: Splits, quick: bool, out: Path):
+    """(result, deployed model.onnx) for one budget: the search, or in quick mode a fixed recipe."""
+    if quick:
+        res = apply_recipe(copy.deepcopy(base), QUICK[kind], data, out_dir=out, quick=True, budget=BUDGETS[kind])
+    else:
+        res = compress(copy.deepcopy(base), data, BUDGETS[kind], out_dir=out,
+                       title=f"bench_deploy: {name} {kind}")
+    return res, out / "model.onnx"
+
+
+def executorch_rows(name: str, quick: bool, work: Path) -> list[dict]:
+    """Hook for the ExecuTorch columns: bench_executorch.rows() (fp32 .pte and XNNPACK int8 .pte of
+    the uncompressed model) when executorch is installed; rows use this table's keys."""
+    if "executorch" not in targets.available():
+        return []
+    spec = importlib.util.spec_from_file_location("bench_executorch", HERE / "bench_executorch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return [dict(r, acz=None, plain_ort=None) for r in mod.rows(name, quick, work) if r["runtime"] != "ONNX Runtime"]
+
+
+def model_rows(name: str, quick: bool, work: Path, executorch: bool = False) -> dict:
+    data = load_mnist(flat=MODELS[name][1])
+    if quick:
+        data = _subset(data, 3000, 2000)
+    base = load_baseline(name)
+    ort_t = targets.get("onnxruntime")
+    example = data.example_input(1)
+    files = {"fp32 .onnx": ort_t.export(base, example, work / f"{name}-fp32.onnx", packed=False)}
+    files["ORT quantize_static int8"] = ort_quantize_static(files["fp32 .onnx"], work / f"{name}-ort-int8.onnx",
+                                                            data.calibration_batch(512, seed=0))
+    results = {}
+    for kind in BUDGETS:
+        res, path = _compressed(name, kind, base, data, quick, work / f"{name}-{kind}")
+        results[kind] = res
+        files[f"ours: {kind} .onnx"] = path
+    lat = ort_t.time(files, tuple(data.input_shape), (1, 64), threads=1, runs=30 if quick else 200)
+    x, y = _test_arrays(data, None, work)
+    rows = []
+    for label, path in files.items():
+        kind = label.split()[1] if label.startswith("ours") else None
+        res = results.get(kind)
+        rows.append({"model": name, "runtime": "ONNX Runtime", "file": label, "bytes": ort_t.size(path),
+                     "zipped": zipped_bytes(path), "b1_ms": lat[label][1].median_ms,
+                     "b64_ms": lat[label][64].median_ms, "accuracy": plain_ort_accuracy(path, x, y),
+                     "acz": res.final.storage_bytes if res else None,
+                     # what the result reports for its deployed file (same test images)
+                     "reported": res.final.ort_accuracy.get("test") if res else None,
+                     "met": res.met if res else None, "recipe": res.recipe.describe() if res else None})
+    base_acc = rows[0]["accuracy"]
+    for r in rows:
+        r["x_smaller"] = rows[0]["bytes"] / r["bytes"]
+        r["drop_points"] = 100 * (base_acc - r["accuracy"])
+    return {"rows": rows + (executorch_rows(name, quick, work) if executorch else []), "test_images": int(np.load(y).shape[0])}
+
+
+def report(per_model: dict[str, dict]) -> str:
+    lines = ["| model | runtime | file | bytes | zipped | x smaller | acz | b1 ms | b64 ms | test acc (plain ORT) "
+             "| drop | = reported |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, doc in per_model.items():
+        for r in doc["rows"]:
+            acz = f"{r['acz']:,}" if r.get("acz") else "-"
+            xs = f"{r['x_smaller']:.1f}x" if r.get("x_smaller") else "-"
+            drop = f"{r['drop_points']:+.2f}" if r.get("drop_points") is not None else "-"
+            same = "-" if r.get("reported") is None else ("yes" if abs(r["reported"] - r["accuracy"]) < 1e-9
+                                                          else f"NO ({100 * r['reported']:.2f} %)")
+            lines.append(f"| {name} | {r['runtime']} | {r['file']} | {r['bytes']:,} | {r['zipped']:,} | {xs} | {acz} | "
+                         f"{r['b1_ms']:.3f} | {r['b64_ms']:.3f} | {100 * r['accuracy']:.2f} % | {drop} | {same} |")
+    lines.append("")
+    for name, doc in per_model.items():
+        small = next(r for r in doc["rows"] if r["file"] == "ours: smallest .onnx")
+        lines.append(f"{name}: smallest ({small['recipe']}): model.onnx {small['bytes']:,} B = "
+                     f"{small['x_smaller']:.1f}x smaller than fp32 (goal >= {GOAL_X:.0f}x at <= 0.1 points: "
+                     f"{'met' if small['x_smaller'] >= GOAL_X and small['drop_points'] <= 0.1 else 'NOT met'}), "
+                     f"{small['bytes'] / small['acz']:.2f}x the .acz artifact (limit 2x), "
+                     f"zipped {small['zipped']:,} B; test images: {doc['test_images']:,}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fixed recipes, short fine-tunes (< 2 min)")
+    ap.add_argument("--model", choices=("lenet5", "lenet300"), action="append")
+    ap.add_argument("--executorch", action="store_true", help="add the ExecuTorch rows")
+    ap.add_argument("--out", default=None, help="directory for results.json and the files (default: temporary)")
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(a.out or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        per = {}
+        for name in a.model or ("lenet5", "lenet300"):
+            per[name] = model_rows(name, a.quick, work, a.executorch)
+        print(report(per), flush=True)
+        doc = {"quick": a.quick, "models": per}
+        if a.out:
+            (work / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
