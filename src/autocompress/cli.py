@@ -221,6 +221,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     else:
         shape = _input_shape(a.input_shape, model)
         x = torch.rand(64, *shape, generator=torch.Generator().manual_seed(0))
+        from autocompress.validate import probe
+        probe(model, x[:1], "--input-shape")     # a shape that does not fit: exit 2 naming it
     path = target.export(model.eval(), x[:1], a.out)
     try:
         rep = target.parity(model, path, x, atol=a.atol)

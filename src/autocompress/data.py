@@ -148,6 +148,7 @@ def load_npz(path: str | Path, input_shape: Sequence[int] | None = None, val_fra
     missing = need - set(z.files)
     if missing:
         raise DataError(f"{p}: missing arrays {sorted(missing)}; found {sorted(z.files)}")
+    z = _NpzArrays(z, p)
     train = arrays_to_dataset(z["x_train"], z["y_train"], input_shape, f"{p}:train")
     test = arrays_to_dataset(z["x_test"], z["y_test"], input_shape, f"{p}:test")
     if "x_val" in z.files:
@@ -155,6 +156,23 @@ def load_npz(path: str | Path, input_shape: Sequence[int] | None = None, val_fra
     else:
         train, val = _hold_out(train, val_fraction, seed)
     return _splits(train, val, test)
+
+
+class _NpzArrays:
+    """An opened .npz whose arrays are read on access: an object (pickled) array is refused by name."""
+
+    def __init__(self, z: Any, path: Path):
+        self.z, self.path, self.files = z, path, z.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            a = self.z[key]
+        except ValueError as e:          # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+            raise DataError(f"{self.path}: array {key!r} cannot be read without unpickling ({e}); "
+                            f"store plain numeric arrays") from None
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"{self.path}: array {key!r} has dtype {a.dtype}; expected numbers")
+        return a
 
 
 def from_datasets(train: Any, val: Any, test: Any, input_shape: Sequence[int] | None = None) -> Splits:

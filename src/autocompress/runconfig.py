@@ -73,6 +73,13 @@ class RunConfig(Config):
 def load_config(path: str | Path) -> RunConfig:
     """Read a run config file; ``base_dir`` defaults to the file's folder (as an absolute path)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: pass the run config file (.yaml) inside it")
+    if path.exists():
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a text file: a run config is YAML") from None
     cfg = RunConfig.from_yaml(path)
     if cfg.base_dir is None:
         cfg.base_dir = str(path.resolve().parent)

@@ -193,17 +193,22 @@ def describe(model: nn.Module, model_factory: Callable[[], nn.Module] | None = N
     """The JSON architecture of ``model`` (see module docstring)."""
     from autocompress.models.lenet import MODELS
 
-    if model_factory is not None:
-        return {"kind": "factory", "label": type(model).__qualname__,
-                "overrides": diff_overrides(model, model_factory())}
+    # a bundled model or a tree of common layers is described by itself even when a factory is given,
+    # so the artifact loads anywhere (`autocompress export` has no factory to pass)
     for name, (ctor, _) in MODELS.items():
         if type(model) is ctor:
-            return {"kind": "registry", "name": name,
-                    "overrides": diff_overrides(model, ctor())}
+            try:
+                return {"kind": "registry", "name": name, "overrides": diff_overrides(model, ctor())}
+            except ArchError:
+                if model_factory is None:
+                    raise
     try:
         return {"kind": "spec", "tree": module_spec(model)}
     except ArchError as e:
-        raise ArchError(f"cannot describe {type(model).__name__} without a model_factory: {e}") from None
+        if model_factory is None:
+            raise ArchError(f"cannot describe {type(model).__name__} without a model_factory: {e}") from None
+    return {"kind": "factory", "label": type(model).__qualname__,
+            "overrides": diff_overrides(model, model_factory())}
 
 
 def rebuild(arch: Any, model_factory: Callable[[], nn.Module] | None = None,

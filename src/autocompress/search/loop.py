@@ -149,8 +149,11 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     from autocompress.measure import measure
     from autocompress.search.finish import final_reserve_s
 
+    from autocompress.validate import check_run_inputs
+
     deadline = deadline or Deadline(None)
     model = model.eval()
+    check_run_inputs(model, data, class_labels=evaluate is None or finetune is None)   # before long work
     limit = 2000 if quick else None
     val = _val_evaluator(data, evaluate, limit)
     budget.to_yaml(out / "budget.yaml")

@@ -55,6 +55,8 @@ def apply_recipe(model: nn.Module, recipe: Recipe | dict | str | Path, data: Spl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    from autocompress.validate import check_run_inputs
+    check_run_inputs(model, data, class_labels=evaluate is None or finetune is None)
     ctx = _context(model, data, out, teacher, evaluate, finetune, budget, seed, quick, model_factory)
     target = targets.require(budget.runtime)
     base_onnx = target.export(model, ctx.example, out / f"baseline{target.suffix}")
