@@ -249,3 +249,41 @@ def test_validation_far_above_test_is_flagged():
     rep = {"baseline": {"accuracy": {"val": 0.999, "test": 0.94}, "fp32_bytes": 1000, "onnx_bytes": 1100},
            "final": {"onnx_bytes": 300, "accuracy": {"val": 0.998, "test": 0.939}}}
     assert headline(rep)[-1].startswith("warning: the original model's validation accuracy 99.90 %")
+
+
+def test_report_does_not_list_seeds_that_never_ran():
+    from test_report import sample_report
+
+    from autocompress.report import render_markdown
+    from autocompress.report.tables import trial_rows
+
+    rep = sample_report(4)
+    rep["trials"].append({"number": 99, "state": "waiting", "recipe": {"sparsity": 0.9}})
+    assert all(r[0] != "99" for r in trial_rows(rep)) and len(trial_rows(rep)) == 4
+    md = render_markdown(rep)
+    assert "4 trials (" in md and "1 enqueued seed recipe(s) never ran" in md and "waiting" not in md
+
+
+def test_demo_prints_headline_first_and_only_files_that_exist(monkeypatch, tmp_path, capsys):
+    from test_report import sample_report
+
+    import autocompress.demo as demo
+
+    class R:
+        met, message, recipe = True, "budget met by trial 1", None
+
+        def to_dict(self):
+            return sample_report(3)
+
+    def fake_compress(net, data, budget, out_dir, **kw):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "model.acz").write_bytes(b"x")
+        return R()
+    monkeypatch.setattr(demo, "compress", fake_compress)
+    monkeypatch.setattr(demo, "load_baseline", lambda name: None)
+    monkeypatch.setattr(demo, "load_mnist", lambda flat: None)
+    assert demo.run_demo("lenet5", tmp_path / "d", quick=True) == 0
+    out = [x for x in capsys.readouterr().out.splitlines() if x.strip()]
+    assert out[0] == sample_report(3)["title"] and out[1].startswith("deployed model.onnx")
+    files = next(x for x in out if x.startswith("files in"))
+    assert files.endswith(": model.acz")            # not a list of files that were never written

@@ -319,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5", help=models_help)
     sp.add_argument("--out", help="output folder (default: out/demo-MODEL)")
     sp.add_argument("--quick", action="store_true",
-                    help="smoke run: 2 trials (or 2 minutes of search) on a data subset with a looser "
-                         "budget; still minutes, and not the demo's result")
+                    help="smoke run: at most 2 trials on a data subset with a looser budget, 2 minutes in "
+                         "all (on a busy machine the baseline can use them up); not the demo's result")
 
     sp = add("train", cmd_train, "retrain a bundled baseline (fixed seed) and save its weights")
     sp.add_argument("--model", choices=["lenet5", "lenet300"], default="lenet5", help=models_help)

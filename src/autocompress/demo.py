@@ -40,9 +40,11 @@ def run_demo(model: str = "lenet5", out_dir: str | Path = "out/demo", quick: boo
     result = compress(net, data, budget, out_dir=out, quick=quick, title=f"autocompress demo: {model} on MNIST")
     from autocompress.report import before_after_table, headline
     doc = result.to_dict()
-    lines = [f"\n{doc['title']}", "", *headline(doc), "", before_after_table(doc), "", result.message,
+    head = headline(doc)   # the deployed result first: size, speed, accuracy, and any warning
+    written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    lines = [f"\n{doc['title']}", "", *head, *([""] if head else []), before_after_table(doc), "", result.message,
              f"recipe: {result.recipe.describe() if result.recipe else '-'}",
-             f"artifacts in {out}/ : model.onnx, model.acz, recipe.yaml, report.md, report.html, report.json",
+             f"files in {out}/ : {', '.join(written)}",
              f"({time.time() - t0:.0f} s)"]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0 if result.met else 1

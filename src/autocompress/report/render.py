@@ -20,7 +20,7 @@ from autocompress import safefs
 from autocompress.report.headline import headline
 from autocompress.report.plots import all_plots
 from autocompress.report.tables import (LAYER_HEADER, TRIAL_HEADER, before_after_rows, layer_rows,
-                                        md_table, trial_rows)
+                                        md_table, ran_trials, trial_rows)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,14 @@ def _yaml(obj: object) -> str:
 
 
 def _counts(report: dict) -> str:
-    trials = report.get("trials") or []
+    trials = ran_trials(report)
     by_state: dict[str, int] = {}
     for t in trials:
         by_state[t.get("state", "?")] = by_state.get(t.get("state", "?"), 0) + 1
-    return f"{len(trials)} trials (" + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) + ")" \
+    text = f"{len(trials)} trials (" + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) + ")" \
         if trials else "no trials"
+    waiting = len(report.get("trials") or []) - len(trials)
+    return text + (f"; {waiting} enqueued seed recipe(s) never ran (the search stopped first)" if waiting else "")
 
 
 # -- markdown -------------------------------------------------------------------------------

@@ -132,10 +132,15 @@ def describe_recipe(recipe: Any) -> str:
     return ", ".join(parts) or "(nothing)"
 
 
+def ran_trials(report: dict) -> list[dict]:
+    """Trials that ran: seeds enqueued but never started ("waiting") are not trials of this search."""
+    return [t for t in report.get("trials") or [] if t.get("state") != "waiting"]
+
+
 def trial_rows(report: dict) -> list[list[str]]:
     pareto = set(report.get("pareto") or [])
     rows = []
-    for t in report.get("trials") or []:
+    for t in ran_trials(report):
         n = t.get("number", DASH)
         rows.append([f"{n}{' ★' if n in pareto else ''}", t.get("state", DASH),
                      t.get("description") or describe_recipe(t.get("recipe")),

@@ -104,7 +104,8 @@ class TrialProgress:
         what = _figures(trial.user_attrs) if state == "complete" else (trial.user_attrs.get("note") or "")
         head = f"trial {k}{of} (#{trial.number}) done" if state == "complete" else f"trial #{trial.number} {state}"
         took = f" in {fmt_duration(dur)}" if dur is not None else ""
-        detail = f" ({state}: {what[:80]})" if what else f" ({state})"
+        what = what if len(what) <= 100 else what[:99] + "…"
+        detail = f" ({state}: {what})" if what else f" ({state})"
         return " | ".join([f"search: {head}{took}{detail}", f"{fmt_duration(elapsed)} elapsed, ETA {self._eta(k)}",
                            self._best(study)])
 
