@@ -287,3 +287,14 @@ def test_demo_prints_headline_first_and_only_files_that_exist(monkeypatch, tmp_p
     assert out[0] == sample_report(3)["title"] and out[1].startswith("deployed model.onnx")
     files = next(x for x in out if x.startswith("files in"))
     assert files.endswith(": model.acz")            # not a list of files that were never written
+
+
+def test_cli_config_errors_exit_2(tmp_path, caplog):
+    from autocompress.cli import BAD_INPUT, main
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    for flags, field in ((["--max-drop", "nan"], "Budget.max_drop"), (["--tol-accuracy", "inf"], "Tolerance"),
+                         (["--min-size-ratio", "-3"], "Budget.min_size_ratio")):
+        caplog.clear()
+        assert main(["-q", "check", "--onnx", str(onnx), "--data", "mnist", *flags]) == BAD_INPUT
+        assert field in caplog.text
