@@ -4,15 +4,16 @@
     prune_channels_(model, StructuredPruneConfig(target="macs", amount=0.8), example_input)
     sens = sensitivity(model, val_loader, kind="unstructured"); allocate_ratios(sens, 0.92)
     prune_channels_(model, StructuredPruneConfig(head_ratio=0.5), x)   # whole attention heads too
+    register_criterion("mine", lambda w, taylor=None: w.abs())   # importance="mine" in both verbs
 
 Fine-tuning stays the user's: every verb accepts ``finetune(model) -> model`` or a ``loss_fn``
 (see :func:`make_finetune`); masks stay enforced meanwhile and are made permanent at the end.
 """
 
 from autocompress.prune.heads import PrunedMultiheadAttention, head_scores, prune_heads_
-from autocompress.prune.importance import (IMPORTANCE, Importance, Magnitude, Random, Taylor,
-                                           channel_importance, channel_scores, get_importance,
-                                           taylor_stats)
+from autocompress.prune.importance import (CRITERIA, IMPORTANCE, Criterion, Importance, Magnitude, Random,
+                                           Taylor, channel_importance, channel_scores, get_criterion,
+                                           get_importance, register_criterion, taylor_stats)
 from autocompress.prune.masks import (MaskHook, apply_masks, get_mask, global_sparsity, has_masks,
                                       make_permanent, remove_masks, set_mask, sparsity_report)
 from autocompress.prune.recover import Finetune, TrainStep, as_loader, finetune, make_finetune
@@ -26,7 +27,7 @@ from autocompress.prune.unstructured import PruneConfig, compute_masks, prune_
 
 __all__ = [
     "PrunedMultiheadAttention", "head_scores", "prune_heads_",
-    "IMPORTANCE", "Importance", "Magnitude", "Random", "Taylor", "channel_importance", "channel_scores",
+    "CRITERIA", "Criterion", "get_criterion", "register_criterion", "IMPORTANCE", "Importance", "Magnitude", "Random", "Taylor", "channel_importance", "channel_scores",
     "get_importance", "taylor_stats", "MaskHook", "apply_masks", "get_mask", "global_sparsity", "has_masks",
     "make_permanent", "remove_masks", "set_mask", "sparsity_report", "Finetune", "TrainStep", "as_loader",
     "finetune", "make_finetune", "linear_schedule", "polynomial_schedule", "SensitivityResult",

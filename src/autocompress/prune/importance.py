@@ -5,19 +5,24 @@ A criterion is called as ``criterion(weight, taylor)`` and returns a tensor shap
 accumulated over a few real batches (see :func:`taylor_stats`); only criteria with
 ``needs_data = True`` use it. :func:`channel_scores` reduces per-weight scores to one score per
 output channel (dim 0) or input channel (dim 1).
+
+Every criterion is registered once, in :data:`CRITERIA`, for both kinds of pruning: its per-weight
+scores (unstructured ``prune_``) and its channel ranking (structured ``prune_channels_``: a
+torch-pruning group importance, or channel sums of the per-weight scores), or it says it has none.
+:func:`register_criterion` adds one; every ``importance=`` accepts its name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Literal, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol
 
 import torch
 from torch import nn
 
 from autocompress.train import LossFn, cross_entropy
 
-ImportanceName = Literal["l1", "l2", "taylor", "random"]
+ImportanceName = str    # a name in CRITERIA: "l1", "l2", "taylor", "random", "fpgm" or one registered
 
 
 class Importance(Protocol):
@@ -68,15 +73,106 @@ class Random:
         return torch.rand(weight.shape, generator=g)
 
 
-IMPORTANCE: dict[str, Importance] = {"l1": Magnitude(1), "l2": Magnitude(2), "taylor": Taylor(), "random": Random()}
+@dataclass(frozen=True)
+class Criterion:
+    """One pruning criterion, declared for both kinds of pruning.
+
+    ``score``: per-weight scores for unstructured pruning (``None``: it ranks whole channels only).
+    ``channels``: builds torch-pruning's group importance for structured pruning; ``None`` derives
+    the channel ranking from ``score`` (each channel's summed scores over the group's layers).
+    ``structured=False``: it has no structured form. ``needs_data``: it reads real batches
+    (gradients)."""
+
+    name: str
+    score: Importance | None = None
+    channels: Callable[[], Any] | None = None
+    structured: bool = True
+    needs_data: bool = False
+
+    def scorer(self) -> Importance:
+        """The per-weight scoring, or a clear error when this criterion has none."""
+        if self.score is None:
+            raise ValueError(f"pruning criterion {self.name!r} ranks whole channels only (no per-weight "
+                             f"scores): use it with prune_channels_ / StructuredPruneConfig, or choose one of "
+                             f"{sorted(n for n, c in CRITERIA.items() if c.score is not None)} for prune_")
+        return self.score
+
+
+def _tp_importance():   # torch-pruning builds the structured forms; imported only when one is built
+    import torch_pruning as tp
+    return tp.importance
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, score: Importance | None = None, *, channels: Callable[[], Any] | None = None,
+                       structured: bool = True, needs_data: bool | None = None,
+                       replace: bool = False) -> Criterion:
+    """Register a criterion under ``name`` (see :class:`Criterion`); returns it."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_criterion: name must be a non-empty string, got {name!r}")
+    if name in CRITERIA and not replace:
+        raise ValueError(f"pruning criterion {name!r} is already registered (pass replace=True to redefine it)")
+    if score is None and (channels is None or not structured):
+        raise ValueError(f"pruning criterion {name!r} declares neither per-weight scores (score=) nor a "
+                         f"structured form (channels=)")
+    if score is not None and not callable(score):
+        raise ValueError(f"pruning criterion {name!r}: score must be callable(weight, taylor) -> scores")
+    need = bool(getattr(score, "needs_data", False)) if needs_data is None else needs_data
+    CRITERIA[name] = c = Criterion(name, score, channels, structured, need)
+    return c
+
+
+register_criterion("l1", Magnitude(1), channels=lambda: _tp_importance().GroupMagnitudeImportance(p=1))
+register_criterion("l2", Magnitude(2), channels=lambda: _tp_importance().GroupMagnitudeImportance(p=2))
+register_criterion("taylor", Taylor(), channels=lambda: _tp_importance().GroupTaylorImportance())
+register_criterion("random", Random(), channels=lambda: _tp_importance().RandomImportance())
+# filters nearest the layer's geometric median are redundant (He et al. 2019): a ranking of whole
+# filters, with no meaning for single weights
+register_criterion("fpgm", None, channels=lambda: _tp_importance().FPGMImportance())
+
+
+def get_criterion(name_or_fn: "str | Criterion | Importance") -> Criterion:
+    """A registered name, a :class:`Criterion`, or a per-weight callable ``(weight, taylor) -> scores``
+    (with an optional ``needs_data`` attribute) as a criterion."""
+    if isinstance(name_or_fn, Criterion):
+        return name_or_fn
+    if isinstance(name_or_fn, str):
+        if name_or_fn not in CRITERIA:
+            raise ValueError(f"unknown pruning criterion {name_or_fn!r}; known: {sorted(CRITERIA)} "
+                             f"(add one with autocompress.prune.register_criterion)")
+        return CRITERIA[name_or_fn]
+    if callable(name_or_fn):
+        label = getattr(name_or_fn, "__name__", type(name_or_fn).__name__)
+        return Criterion(label, name_or_fn, needs_data=bool(getattr(name_or_fn, "needs_data", False)))
+    raise ValueError(f"a pruning criterion is a registered name ({sorted(CRITERIA)}), a Criterion or a "
+                     f"callable(weight, taylor) -> scores; got {type(name_or_fn).__name__}")
 
 
 def get_importance(name_or_fn: str | Importance) -> Importance:
-    if callable(name_or_fn):
-        return name_or_fn
-    if name_or_fn not in IMPORTANCE:
-        raise ValueError(f"unknown importance {name_or_fn!r}; choose from {sorted(IMPORTANCE)}")
-    return IMPORTANCE[name_or_fn]
+    """The per-weight scoring of a criterion (unstructured pruning)."""
+    return get_criterion(name_or_fn).scorer()
+
+
+class _Scorings(Mapping):
+    """Read-only view: name -> per-weight scoring, of the criteria that have one (kept for callers
+    of the former ``IMPORTANCE`` dict; the registry is :data:`CRITERIA`)."""
+
+    def __getitem__(self, name: str) -> Importance:
+        c = CRITERIA[name]
+        if c.score is None:
+            raise KeyError(name)
+        return c.score
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, c in CRITERIA.items() if c.score is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+IMPORTANCE: Mapping[str, Importance] = _Scorings()
 
 
 def channel_scores(score: torch.Tensor, dim: int = 0) -> torch.Tensor:

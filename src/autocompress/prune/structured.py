@@ -5,7 +5,8 @@ Whole output channels / neurons / attention heads are removed and every dependen
 depthwise groups), so parameters, MACs, ONNX size and ONNX Runtime latency all drop.
 
 The dependency graph and the per-layer surgery come from torch-pruning (pinned 1.6.1); everything
-that touches it lives in this file, so the rest of the package never sees its internals.
+that touches it lives in this file and ``tp_criteria.py`` (criteria as its group importances), so
+the rest of the package never sees its internals.
 Layers it cannot rebuild (recurrent layers, unknown modules with their own parameters) are kept
 intact: every group of channels that reaches them is skipped, with a log message naming the layer.
 """
@@ -24,7 +25,8 @@ from torch import nn
 from autocompress.config import Config, ConfigError
 from autocompress.measure.core import count_macs, count_params
 from autocompress.prune.heads import PrunedMultiheadAttention, prune_heads_
-from autocompress.prune.importance import ImportanceName
+from autocompress.prune.importance import Criterion, Importance, ImportanceName, get_criterion
+from autocompress.prune.tp_criteria import group_importance
 from autocompress.prune.recover import Finetune, as_loader, make_finetune
 from autocompress.prune.targets import check_names_exist, matches
 from autocompress.train import LossFn, TrainConfig, cross_entropy
@@ -67,16 +69,18 @@ class StructuredPruneConfig(Config):
             raise ConfigError(f"StructuredPruneConfig.round_to must be >= 1, got {self.round_to}")
         if self.steps < 1:
             raise ConfigError(f"StructuredPruneConfig.steps must be >= 1, got {self.steps}")
+        try:   # a registered criterion with a structured form
+            crit = get_criterion(self.importance)
+        except ValueError as e:
+            raise ConfigError(f"StructuredPruneConfig.importance: {e}") from None
+        if not crit.structured:
+            raise ConfigError(f"StructuredPruneConfig.importance: criterion {self.importance!r} scores single "
+                              f"weights only (no structured form)")
 
 
 # -- torch-pruning adapter -------------------------------------------------------------------
 
-_TP_IMPORTANCE: dict[str, Callable[[], object]] = {
-    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-    "taylor": lambda: tp.importance.GroupTaylorImportance(),
-    "random": lambda: tp.importance.RandomImportance(),
-}
+# criteria (and their torch-pruning importances) are registered in importance.CRITERIA
 
 # modules torch-pruning rebuilds correctly (verified on the test zoo); anything else that owns
 # parameters is frozen. LSTM support in torch-pruning is partial, so all recurrent layers are frozen.
@@ -177,9 +181,9 @@ def _accumulate_grads(model: nn.Module, data: Iterable, loss_fn: LossFn | None, 
         raise ValueError("Taylor importance needs data: the loader yielded no batches")
 
 
-def _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen):
+def _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen, imp):
     return tp.pruner.BasePruner(
-        model, example, importance=_TP_IMPORTANCE[cfg.importance](), global_pruning=cfg.global_ranking,
+        model, example, importance=imp, global_pruning=cfg.global_ranking,
         pruning_ratio=default, pruning_ratio_dict={modules[n]: r for n, r in ratios.items()},
         max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored, round_to=cfg.round_to,
         num_heads=mhas, prune_num_heads=False, prune_head_dims=False,
@@ -188,19 +192,21 @@ def _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, igno
 
 def _surgery(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig, default: float,
              ratios: dict[str, float], head_ratio: float, data: Iterable | None,
-             loss_fn: LossFn | None) -> list[str]:
-    """One pruning pass with torch-pruning; returns names of the layers whose groups were skipped."""
+             loss_fn: LossFn | None, criterion=None) -> list[str]:
+    """One pruning pass with torch-pruning; returns names of the layers whose groups were skipped.
+    ``criterion`` (name, Criterion, callable or torch-pruning importance) overrides ``cfg.importance``."""
     modules = dict(model.named_modules())
     frozen = frozen_layers(model)
     ignored = [modules[n] for n in _excluded(model, example, cfg)] + list(frozen.values())
     mhas = {m: m.num_heads for n, m in modules.items()
             if isinstance(m, nn.MultiheadAttention) and n not in frozen}
-    if cfg.importance == "taylor":
+    imp, needs_data, name = group_importance(cfg.importance if criterion is None else criterion)
+    if needs_data:
         if data is None:
-            raise ValueError("StructuredPruneConfig.importance='taylor' needs data: pass real (x, y) batches")
+            raise ValueError(f"structured pruning criterion {name!r} needs data: pass real (x, y) batches")
         _accumulate_grads(model, data, loss_fn, cfg.taylor_batches)
     try:
-        pruner = _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen)
+        pruner = _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen, imp)
     except Exception as e:  # noqa: BLE001 - torch-pruning failed to trace: name what it could not handle
         hint = (f"; it cannot trace around {sorted(frozen)} ({', '.join(type(m).__name__ for m in frozen.values())}):"
                 f" exclude the layers that feed them, or prune them unstructured") if frozen else ""
@@ -252,7 +258,8 @@ def _layer_ratios(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneC
     return out
 
 
-def _prune_once(model, example, cfg, scale, data, loss_fn, step: int = 1, steps: int = 1) -> list[str]:
+def _prune_once(model, example, cfg, scale, data, loss_fn, step: int = 1, steps: int = 1,
+                criterion=None) -> list[str]:
     ratios = {} if cfg.global_ranking else _layer_ratios(model, example, cfg, scale)
     default = min(cfg.ratio * scale, cfg.max_layer_ratio)
     if cfg.head_ratio > 0 and step == 1:
@@ -260,10 +267,10 @@ def _prune_once(model, example, cfg, scale, data, loss_fn, step: int = 1, steps:
         left = prune_heads_(model, cfg.head_ratio, cfg.exclude)
         log.debug("attention heads left: %s", left)
     return _surgery(model, example, cfg, _step_ratio(default, step, steps),
-                    {n: _step_ratio(r, step, steps) for n, r in ratios.items()}, 0.0, data, loss_fn)
+                    {n: _step_ratio(r, step, steps) for n, r in ratios.items()}, 0.0, data, loss_fn, criterion)
 
 
-def _solve_scale(model, example, cfg, data, loss_fn) -> tuple[float, StructuredPruneConfig]:
+def _solve_scale(model, example, cfg, data, loss_fn, criterion=None) -> tuple[float, StructuredPruneConfig]:
     """Scale of the ratios (uniform ``ratio``, or the ``per_layer`` profile) that removes
     ``amount`` of the params/MACs: bisection on copies of the model."""
     base = model_cost(model, example, cfg.target)
@@ -275,7 +282,7 @@ def _solve_scale(model, example, cfg, data, loss_fn) -> tuple[float, StructuredP
 
     def removed(scale: float) -> float:
         trial = copy.deepcopy(model)
-        _prune_once(trial, example, tmpl, scale, data, loss_fn)
+        _prune_once(trial, example, tmpl, scale, data, loss_fn, criterion=criterion)
         return 1.0 - model_cost(trial, example, cfg.target) / base
 
     most = removed(hi_scale)
@@ -293,14 +300,17 @@ def _solve_scale(model, example, cfg, data, loss_fn) -> tuple[float, StructuredP
 
 def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = None,
                     example_input: torch.Tensor | None = None, data: Iterable | None = None, *,
-                    finetune: Finetune | None = None, loss_fn: LossFn | None = None) -> nn.Module:
+                    finetune: Finetune | None = None, loss_fn: LossFn | None = None,
+                    importance: "str | Criterion | Importance | None" = None) -> nn.Module:
     """Remove channels in place (physically); returns ``model``.
 
     ``example_input``: one real-shaped input (traced to find dependencies; its output shape is
     checked after surgery). ``data``: real ``(x, y)`` batches for Taylor importance and, with
     ``config.finetune``, recovery between iterative steps; ``finetune(model) -> model`` (the user's
-    loop) takes precedence. On failure the model is restored and :class:`StructuredPruneError`
-    names the layers.
+    loop) takes precedence. ``importance`` overrides ``config.importance``: a registered criterion's
+    name, a :class:`~autocompress.prune.importance.Criterion`, a per-weight callable
+    ``(weight, taylor) -> scores`` (channels ranked by their summed scores) or a torch-pruning
+    importance. On failure the model is restored and :class:`StructuredPruneError` names the layers.
     """
     cfg = config or StructuredPruneConfig()
     if example_input is None or not isinstance(example_input, torch.Tensor):
@@ -308,9 +318,9 @@ def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = Non
     check_names_exist(model, cfg.exclude, "StructuredPruneConfig.exclude")
     check_names_exist(model, cfg.per_layer, "StructuredPruneConfig.per_layer")
     loader = as_loader(data, cfg.finetune.batch_size if cfg.finetune else 128) if data is not None else None
-    if cfg.importance == "taylor" and loader is None:
-        raise ValueError("prune_channels_: StructuredPruneConfig.importance='taylor' needs data: pass real "
-                         "(x, y) batches")
+    _, needs_data, crit_name = group_importance(cfg.importance if importance is None else importance)
+    if needs_data and loader is None:
+        raise ValueError(f"prune_channels_: criterion {crit_name!r} needs data: pass real (x, y) batches")
     if finetune is None and cfg.finetune is not None:
         if loader is None:
             raise ValueError("prune_channels_: StructuredPruneConfig.finetune is set but no data was given")
@@ -323,11 +333,11 @@ def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = Non
     before = {m: model_cost(model, example_input, m) for m in ("params", "macs")}
     scale, run_cfg = 1.0, cfg
     if cfg.target != "ratio":
-        scale, run_cfg = _solve_scale(model, example_input, cfg, loader, loss_fn)
+        scale, run_cfg = _solve_scale(model, example_input, cfg, loader, loss_fn, importance)
     for step in range(1, cfg.steps + 1):
         backup = copy.deepcopy(model)
         try:
-            _prune_once(model, example_input, run_cfg, scale, loader, loss_fn, step, cfg.steps)
+            _prune_once(model, example_input, run_cfg, scale, loader, loss_fn, step, cfg.steps, importance)
             out = _forward(model, example_input)
         except Exception as e:  # noqa: BLE001 - restore, then report with layer names
             _restore(model, backup)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from autocompress.config import Config, ConfigError
-from autocompress.prune.importance import Importance, ImportanceName, get_importance, taylor_stats
+from autocompress.prune.importance import (Criterion, Importance, ImportanceName, get_criterion, get_importance,
+                                           taylor_stats)
 from autocompress.prune.masks import apply_masks, get_mask, global_sparsity, make_permanent, set_mask
 from autocompress.prune.recover import Finetune, as_loader, make_finetune
 from autocompress.prune.schedule import SCHEDULES
@@ -57,6 +58,10 @@ class PruneConfig(Config):
         if not 0.0 <= self.initial_sparsity <= min([self.sparsity, *self.per_layer.values()]):
             raise ConfigError(f"PruneConfig.initial_sparsity must be in [0, every target sparsity], "
                               f"got {self.initial_sparsity}")
+        try:   # a registered criterion with per-weight scores
+            get_importance(self.importance)
+        except ValueError as e:
+            raise ConfigError(f"PruneConfig.importance: {e}") from None
         if self.taylor_batches < 1:
             raise ConfigError(f"PruneConfig.taylor_batches must be >= 1, got {self.taylor_batches}")
 
@@ -104,13 +109,14 @@ def compute_masks(targets: list[Target], sparsity: dict[str, float], criterion: 
 
 def prune_(model: nn.Module, config: PruneConfig | None = None, data: Iterable | None = None, *,
            finetune: Finetune | None = None, loss_fn: LossFn | None = None,
-           importance: Importance | None = None) -> nn.Module:
+           importance: "str | Criterion | Importance | None" = None) -> nn.Module:
     """Unstructured pruning in place; returns ``model``.
 
     ``data``: real ``(x, y)`` batches (a Splits, Dataset or loader) for Taylor importance and, with
     ``config.finetune``, for recovery between rounds. ``finetune(model) -> model`` (the user's own
     loop) takes precedence over ``config.finetune``; masks are enforced while it runs.
-    ``importance`` overrides ``config.importance`` with any criterion callable.
+    ``importance`` overrides ``config.importance``: a registered criterion's name, a
+    :class:`~autocompress.prune.importance.Criterion` or any per-weight callable.
     """
     cfg = config or PruneConfig()
     for fld in ("include", "exclude"):
@@ -120,10 +126,11 @@ def prune_(model: nn.Module, config: PruneConfig | None = None, data: Iterable |
     if not targets:
         raise ValueError(f"prune_: no prunable weights in {type(model).__name__} for kinds={cfg.kinds}, "
                          f"include={cfg.include}, exclude={cfg.exclude}")
-    criterion = importance or get_importance(cfg.importance)
+    crit = get_criterion(cfg.importance if importance is None else importance)
+    criterion, needs_data = crit.scorer(), crit.needs_data
     loader = as_loader(data, cfg.finetune.batch_size if cfg.finetune else 128) if data is not None else None
-    if criterion.needs_data and loader is None:
-        raise ValueError(f"prune_: importance {cfg.importance!r} needs data: pass real (x, y) batches")
+    if needs_data and loader is None:
+        raise ValueError(f"prune_: importance {crit.name!r} needs data: pass real (x, y) batches")
     if finetune is None and cfg.finetune is not None:
         if loader is None:
             raise ValueError("prune_: PruneConfig.finetune is set but no data was given to fine-tune on")
@@ -140,7 +147,7 @@ def prune_(model: nn.Module, config: PruneConfig | None = None, data: Iterable |
 
     for r in range(rounds):
         stats = None
-        if criterion.needs_data:
+        if needs_data:
             params = {t.name: t.param for t in targets}
             stats = taylor_stats(model, params, loader, loss_fn, cfg.taylor_batches)
         step_sparsity = {n: plan[r] for n, plan in plans.items()}
