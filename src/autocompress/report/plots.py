@@ -60,6 +60,10 @@ def pareto_plot(report: dict) -> bytes | None:
             ax.scatter(*zip(*rest), s=18, c=GREY, label="trials", zorder=2)
         if best:
             ax.plot(*zip(*best), "-o", c=FRONT, ms=5, lw=1.5, label="Pareto front", zorder=3)
+            for t, x in pts:   # name the front's trials: the tables below refer to them by number
+                if t.get("number") in front:
+                    ax.annotate(f"#{t['number']}", (x * scale, 100 * t["val_accuracy"]), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points", color=FRONT)
         if base_x is not None and base_acc is not None:
             ax.scatter([base_x * scale], [100 * base_acc], marker="*", s=140, c=BASE,
                        label="baseline (fp32)", zorder=4)
@@ -73,7 +77,8 @@ def pareto_plot(report: dict) -> bytes | None:
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle("Trials and Pareto front")
+    fig.suptitle("Trials and Pareto front (validation split, what the search decides on; tables show test)",
+                 fontsize=9)
     return _png(fig)
 
 
