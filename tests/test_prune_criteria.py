@@ -10,7 +10,7 @@ from torch import nn
 
 from autocompress.config import ConfigError
 from autocompress.prune import (CRITERIA, Magnitude, PruneConfig, StructuredPruneConfig, prune_, prune_channels_,
-                                register_criterion)
+                                register_criterion, sensitivity)
 
 
 def _net() -> nn.Module:
@@ -129,3 +129,13 @@ def test_bad_scores_name_the_criterion():
         _prune(importance=bad)
     with pytest.raises(Exception, match="'<lambda>' returned negative scores"):
         _prune(importance=lambda w, taylor=None: -w.abs())
+
+
+def test_sensitivity_reads_the_registry_too(registered):
+    registered("inverse", INVERSE)   # a plain callable: no needs_data attribute
+    m = _net()
+    score = lambda model: float(model(X).detach().abs().sum())   # noqa: E731
+    sens = sensitivity(m, score, ratios=(0.5,), kind="unstructured", importance="inverse")
+    assert sens.scores and all(len(c) == 1 for c in sens.scores.values())
+    with pytest.raises(ValueError, match="'taylor' needs data"):
+        sensitivity(m, score, ratios=(0.5,), kind="unstructured", importance="taylor")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from autocompress.prune.importance import ImportanceName, get_importance
+from autocompress.prune.importance import ImportanceName, get_criterion
 from autocompress.prune.structured import (StructuredPruneConfig, StructuredPruneError, model_cost,
                                            prunable_layers, prune_channels_)
 from autocompress.prune.targets import ALL_KINDS, LayerKind, find_targets, matches
@@ -110,9 +110,11 @@ def _as_evaluate(evaluate: EvaluateFn | Iterable) -> EvaluateFn:
 
 @torch.no_grad()
 def _unstructured(model, evaluate, ratios, layers, exclude, kinds, importance, bar, stop):
-    criterion = get_importance(importance)
-    if criterion.needs_data:
-        raise ValueError("sensitivity: use a data-free importance ('l1', 'l2', 'random') for the analysis")
+    crit = get_criterion(importance)
+    criterion = crit.scorer()
+    if crit.needs_data:
+        raise ValueError(f"sensitivity: criterion {crit.name!r} needs data; use a data-free one ('l1', 'l2', "
+                         f"'random' or one registered without needs_data) for the analysis")
     scores, sizes = {}, {}
     for t in find_targets(model, kinds, layers, exclude):
         _check(stop, scores)
