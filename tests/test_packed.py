@@ -154,3 +154,13 @@ def test_sparse_int8_qdq_graph_packs_and_still_fuses(tmp_path, ort_target):
         ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
         ops.append(sorted(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node))
     assert ops[0] == ops[1] and "QGemm" in ops[1]
+
+
+@pytest.mark.parametrize("exporter, opset, packs", [("torchscript", 18, True), ("dynamo", 17, False)])
+def test_other_exporters_and_old_opsets(tmp_path, ort_target, exporter, opset, packs):
+    """The legacy exporter's graph packs the same way; an opset without BitwiseAnd is left as is."""
+    model = _compress_(Tiny(), sparsity=0.9, levels=16)
+    x = torch.randn(1, 1, 8, 8)
+    f = ort_target.export(model, x, tmp_path / "m.onnx", exporter=exporter, opset=opset)
+    assert bool(packing_metadata(f)) == packs
+    ort_target.parity(model, f, torch.randn(16, 1, 8, 8), atol=1e-5)

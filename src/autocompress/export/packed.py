@@ -18,11 +18,17 @@ bit fields packed little-endian into ``uint8`` initializers and unpacked with ``
 once when the session is created, so inference runs the same dense kernels as the fp32 model.
 The size that counts is the file on disk: the folded weights live only in the session's memory.
 Decoding is exact (the same values come back bit for bit).
+
+Why gaps rather than ONNX's own ``sparse_initializer`` or zeros left to zip: on a LeNet-5 pruned
+to 96 % in fc1 and clustered to 4/5 bits, this file is 37 kB (31 kB zipped); sparse initializers
+with int32 indices and fp32 values are 172 kB (53 kB zipped), dense 4/5-bit codes 225 kB (36 kB
+zipped). ONNX Runtime would also run with graph optimizations off, decoding on every call (slow).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+log = logging.getLogger(__name__)
 
 _META = "autocompress.packed"
 _MAX_GENERIC_BITS = 1 << 26    # beyond this many bits, widths round up to 1/2/4/8 (cheaper to unpack)
@@ -225,6 +233,9 @@ def pack_model(model: onnx.ModelProto, *, min_elements: int = 256) -> list[Packe
     by non-default-domain operators (``MatMulNBits`` and friends need their own layout) or by a
     subgraph, and those no encoding makes smaller (the decoder's nodes counted) stay as they are."""
     g = model.graph
+    if _opset(model) < 18:
+        log.info("weights not packed: opset %d < 18 lacks BitwiseAnd (export with opset >= 18)", _opset(model))
+        return []
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
         return []     # If/Loop bodies may read outer initializers: decoders would have to go inside
     foreign = {i for n in g.node if n.domain not in ("", "ai.onnx") for i in n.input}
@@ -265,7 +276,6 @@ def pack_model(model: onnx.ModelProto, *, min_elements: int = 256) -> list[Packe
     rest = [i for i in g.input if i.name not in names]     # IR < 4 lists initializers as inputs
     del g.input[:]
     g.input.extend(rest)
-    _set_opset(model, 18)
     _strip_debug(model, keep_shapes=bool(foreign))
     model.metadata_props.append(onnx.StringStringEntryProto(
         key=_META, value=json.dumps([r.to_dict() for r in report])))
@@ -283,14 +293,8 @@ def _strip_debug(model: onnx.ModelProto, keep_shapes: bool) -> None:
         del model.graph.value_info[:]
 
 
-def _set_opset(model: onnx.ModelProto, at_least: int) -> None:
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            if o.version < at_least:
-                raise ValueError(f"packed weights need ONNX opset >= {at_least} (BitwiseAnd); "
-                                 f"the model has opset {o.version}: export with opset={at_least}")
-            return
-    model.opset_import.append(helper.make_opsetid("", at_least))
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def pack_onnx(src: str | Path, dst: str | Path | None = None, *, min_elements: int = 256) -> list[Packed]:
