@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from torch import nn
 
 import autocompress.search as search
 from autocompress import safefs
+from autocompress.data import from_datasets
 from autocompress.cli import BAD_INPUT, OK, main
-from autocompress.search import Budget
+from autocompress.search import Budget, compress
 from autocompress.search.recipe import Recipe
 from autocompress.search.trial import fail_orphans, keep_if_best
 from test_cli import FakeResult, fake, project  # noqa: F401  (fixture)
@@ -171,3 +174,17 @@ def test_resume_marks_orphaned_running_trials_failed(tmp_path):
     states = [t.state.name for t in study.get_trials()]
     assert states == ["COMPLETE", "FAIL"]
     assert "orphaned" in study.get_trials()[1].user_attrs["note"]
+
+
+def test_compress_refuses_an_out_dir_with_a_planted_link(tmp_path):
+    victim = tmp_path / "victim.onnx"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "baseline.onnx").symlink_to(victim)
+    rng = np.random.default_rng(0)
+    part = lambda n: (rng.random((n, 4), dtype=np.float32), rng.integers(0, 2, n))
+    data = from_datasets(part(16), part(8), part(8))
+    with pytest.raises(safefs.UnsafePathError, match="baseline.onnx is a symlink"):
+        compress(nn.Sequential(nn.Linear(4, 2)), data, Budget(max_trials=1), out_dir=out, quick=True)
+    assert victim.read_text() == "precious"

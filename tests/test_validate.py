@@ -93,3 +93,29 @@ def test_bundled_model_artifact_exports_without_a_factory(tmp_path, caplog):
     assert onnx.stat().st_size > 0
     assert main(["-q", "export", str(art), "--input-shape", "3,5", "--out", str(onnx)]) == BAD_INPUT
     assert "inputs of shape (1, 3, 5)" in caplog.text
+
+
+def test_cli_run_with_labels_outside_the_model_exits_2_before_writing(tmp_path, monkeypatch, caplog):
+    import sys
+    import uuid
+
+    import autocompress.search as search
+
+    name = f"badlabels_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "import numpy as np, torch\nfrom torch import nn\n"
+        "def build():\n    return nn.Sequential(nn.Linear(16, 10))\n"
+        "def data():\n    rng = np.random.default_rng(0)\n"
+        "    x = lambda n: rng.random((n, 16), dtype=np.float32)\n"
+        "    return (x(20), np.full(20, 57)), (x(8), np.zeros(8, int)), (x(8), np.zeros(8, int))\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {name}:build\ndata: {name}:data\nout_dir: out\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    called = []
+    monkeypatch.setattr(search, "compress", lambda *a, **k: called.append(1), raising=False)
+    try:
+        assert main(["-q", "run", str(cfg)]) == BAD_INPUT
+    finally:
+        sys.modules.pop(name, None)
+    assert "train: 20 of 20 labels (values [57])" in caplog.text
+    assert called == [] and not (tmp_path / "out" / "run.yaml").exists()

@@ -22,7 +22,8 @@ EXIT_CODES = f"""exit codes:
   {OK}    success; for run/resume/apply: the budget is met; for check: no regression
   {NOT_MET}    the budget is not met (the best trade-offs found are still written) / check found a regression
        / the exported ONNX model disagrees with PyTorch
-  {BAD_INPUT}    bad input: a config/recipe/budget error, a missing file, a callable that cannot be imported
+  {BAD_INPUT}    bad input: a config/recipe/budget error, a missing file, a callable that cannot be imported,
+       bad data or weights, a crafted artifact, an OUT_DIR in use by another run or holding a symlink
   {INTERRUPTED}  interrupted (Ctrl-C): results so far are on disk; `autocompress resume OUT_DIR` continues
 """
 
@@ -90,6 +91,8 @@ def _resolve(cfg: Any, weights: str | None = None) -> tuple[Any, Any, Any]:
     from autocompress.runconfig import load_data, load_metric, load_model
 
     model, data = load_model(cfg, weights=weights), load_data(cfg)
+    from autocompress.validate import check_run_inputs
+    check_run_inputs(model, data, class_labels=cfg.metric is None)   # bad input fails before any write
     if cfg.metric is None:   # top-1 models only: a custom metric's outputs are not class scores
         warn_data_pitfalls(model, data)
     return model, data, load_metric(cfg)

@@ -54,6 +54,21 @@ def make_dir(path: str | Path) -> Path:
     return p
 
 
+def refuse_planted_links(out_dir: str | Path, depth: int = 2) -> None:
+    """No symlink among an output folder's files (down to ``depth`` levels): what other modules write
+    there (exported models, trial folders, plots) then cannot be redirected outside it either."""
+    def walk(d: Path, level: int) -> None:
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_symlink():
+                    refuse_symlink(e.path)
+                if level < depth and e.is_dir(follow_symlinks=False):
+                    walk(Path(e.path), level + 1)
+    root = refuse_symlink(out_dir)
+    if root.is_dir():
+        walk(root, 1)
+
+
 def write_bytes(path: str | Path, data: bytes) -> int:
     """Write ``data`` to ``path`` atomically: a fresh temporary file (O_EXCL | O_NOFOLLOW, so never an
     existing file or link), flushed, then renamed over ``path`` (rename replaces a link, never follows it)."""
@@ -243,5 +258,5 @@ def holds_out_dir(param: str = "out_dir") -> Callable:
     return deco
 
 
-__all__ = ["holds_out_dir", "BusyError", "DirLock", "UnsafePathError", "copy_file", "make_dir", "recover_dir",
+__all__ = ["holds_out_dir", "refuse_planted_links", "BusyError", "DirLock", "UnsafePathError", "copy_file", "make_dir", "recover_dir",
            "refuse_symlink", "staging_dir", "swap_in_dir", "write_bytes", "write_text"]

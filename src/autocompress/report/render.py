@@ -179,7 +179,7 @@ def write_reports(report: dict, out_dir: str | Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     plot_files = {}
     if plots:
-        (out / PLOT_DIR).mkdir(exist_ok=True)
+        safefs.make_dir(out / PLOT_DIR)
         for name, png in plots.items():
             p = out / PLOT_DIR / f"{name}.png"
             safefs.write_bytes(p, png)

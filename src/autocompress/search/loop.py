@@ -98,6 +98,7 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     if unknown:
         raise ValueError(f"unknown technique(s) {unknown}; choose from {list(TECHNIQUES)}")
     out = safefs.make_dir(out_dir)
+    safefs.refuse_planted_links(out)      # an out_dir someone prepared cannot redirect our writes
     t_start = time.time()
     deadline = Deadline(budget.time_limit_s)
     from autocompress.search.progress import note

@@ -52,8 +52,8 @@ def apply_recipe(model: nn.Module, recipe: Recipe | dict | str | Path, data: Spl
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     budget = budget or Budget()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = safefs.make_dir(out_dir)
+    safefs.refuse_planted_links(out)
     model = model.eval()
     from autocompress.validate import check_run_inputs
     check_run_inputs(model, data, class_labels=evaluate is None or finetune is None)
