@@ -109,3 +109,25 @@ def test_batchnorm_statistics_are_reestimated():
     assert torch.allclose(model[1].running_mean, feats.mean((0, 2, 3)), atol=1e-4)
     assert torch.allclose(model[1].running_var, feats.var((0, 2, 3)), rtol=0.05)
     assert model[1].momentum == 0.01 and not model.training
+
+
+def test_device_option_resolves_and_trains_where_asked():
+    from autocompress.train import resolve_device
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    model = nn.Linear(4, 2)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))] * 3
+    fit(model, data, TrainConfig(epochs=1, progress=False), device="cpu")
+    assert next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_fit_on_cuda_returns_the_model_home():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))] * 3
+    fit(model, data, TrainConfig(epochs=1, progress=False), device="cuda")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -56,6 +56,16 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return F.cross_entropy(model(x), y)
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` (or None): CUDA when available, else the CPU; anything else as given, checked."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available here (use 'auto' or 'cpu')")
+    return dev
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -65,13 +75,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainConfig | None = None,
         loss_fn: LossFn | None = None, hooks: Iterable[StepHook] = (), desc: str = "train",
-        stop: Callable[[], bool] | None = None) -> nn.Module:
+        stop: Callable[[], bool] | None = None, device: str | torch.device | None = None) -> nn.Module:
     """Train ``model`` in place for ``cfg.epochs`` on ``data`` (a Dataset or a DataLoader).
 
     ``loss_fn(model, x, y)`` defaults to cross-entropy; distillation passes its own.
     ``hooks`` run after every optimizer step (e.g. re-apply pruning masks).
     ``stop()`` is asked before every step; when it answers True, :class:`TrainingStopped` is raised
     (the caller decides whether a cut-short fine-tune is a failure).
+    ``device`` (``"auto"``: CUDA when available): where the steps run; the model comes back on the
+    device it came on. ``None`` trains where the model is.
     """
     cfg = cfg or TrainConfig()
     loss_fn = loss_fn or cross_entropy
@@ -83,6 +95,10 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch)) if cfg.epochs > 0 else 0
     if total == 0:
         return model
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dev = home if device is None else resolve_device(device)
+    if dev != home:
+        model.to(dev)
     opt = make_optimizer(model, cfg)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
              if cfg.schedule == "cosine" else None)
@@ -93,6 +109,8 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     try:
         while step < total:
             for x, y in data:
+                if dev != home:
+                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 if stop is not None and stop():
                     raise TrainingStopped(f"{desc}: stopped after {step} of {total} steps")
                 loss = loss_fn(model, x, y)
@@ -115,6 +133,8 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     finally:
         bar.close()
         model.eval()
+        if dev != home:
+            model.to(home)
     return model
 
 

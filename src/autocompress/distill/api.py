@@ -141,13 +141,14 @@ class CachedTeacher(nn.Module):
         return x.reshape(len(x), -1).double() @ self.proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self._keys(x)
+        # the cache lives on the CPU; a student training on an accelerator gets its logits there
+        k = self._keys(x.cpu())
         i = torch.searchsorted(self.keys, k).clamp(max=len(self.keys) - 1)
         hit = self.keys[i] == k
         if bool(hit.all()):
-            return self.logits[i]
+            return self.logits[i].to(x.device)
         with torch.no_grad():
-            return torch.where(hit[:, None], self.logits[i], self.teacher(x))
+            return torch.where(hit[:, None], self.logits[i], self.teacher(x.cpu())).to(x.device)
 
 
 def distillation_loss(teacher: nn.Module, config: DistillConfig | None = None) -> DistillationLoss:

@@ -20,6 +20,7 @@ class Deadline:
     limit_s: float | None
     start: float = field(default_factory=time.monotonic)
     reserve_s: float = 0.0    # kept back for the final measurement; trials may not use it
+    tail_s: float = 0.0       # longest scoring tail seen (evaluate, export, store, time a candidate)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -39,8 +40,12 @@ class Deadline:
         return math.inf if self.limit_s is None else fraction * self.limit_s
 
     def expired(self) -> bool:
-        """True once trials must stop: checked by fine-tunes at every step boundary."""
-        return self.search_remaining() <= 0
+        """True once fine-tunes must stop (checked at every step boundary): what is left would not
+        pay for scoring the candidate afterwards."""
+        return self.search_remaining() <= self.tail_s
+
+    def saw_tail(self, seconds: float) -> None:
+        self.tail_s = max(self.tail_s, seconds)
 
     def sub(self, seconds: float) -> "Deadline":
         """A deadline ``seconds`` from now, never later than this one's search time (for a phase)."""

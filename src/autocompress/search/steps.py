@@ -41,6 +41,7 @@ class TrialContext:
     model_factory: Callable[[], nn.Module] | None = None
     teacher_cache: nn.Module | None = field(default=None, repr=False)
     deadline: Deadline = field(default_factory=lambda: Deadline(None))
+    device: str = "cpu"        # where our fine-tunes run (compress(device="auto") picks CUDA when there is one)
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ def _cached_teacher(ctx: TrialContext) -> nn.Module:
 
 
 def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, hooks=(),
-          desc: str = "fine-tune", lr_scale: float = 1.0) -> nn.Module:
+          desc: str = "fine-tune", lr_scale: float = 1.0, accelerate: bool = False) -> nn.Module:
     """Fine-tune with the user's loop when given, else ours (distilled from the original)."""
     if epochs <= 0:
         return model
@@ -86,8 +87,11 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
         return model
     # batch 64: twice the optimizer steps per epoch of 128, which recovers pruned LeNets better
     cfg = TrainConfig(epochs=epochs, lr=recipe.lr * lr_scale, batch_size=64, seed=ctx.seed, progress=False)
+    # only plain models go to the accelerator: masks, codebooks and fake quantizers keep state
+    # tensors of their own on the CPU (structured pruning and factorization leave plain layers)
+    device = ctx.device if accelerate and not hooks else None
     return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc,
-               stop=ctx.deadline.expired)
+               stop=ctx.deadline.expired, device=device)
 
 
 # -- the steps --------------------------------------------------------------------------------
@@ -115,7 +119,7 @@ def _structured(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Modul
             log.info("%.0f%% of the MACs out of reach with %s, round_to=%s (%s); trying a looser setting",
                      100 * recipe.structured_ratio, "the sensitivity profile" if prof else "uniform ratios", r, e)
     _reestimate_bn(model, ctx)
-    return train(model, recipe, ctx, _share(recipe, _structured), desc="recover channels")
+    return train(model, recipe, ctx, _share(recipe, _structured), desc="recover channels", accelerate=True)
 
 
 def _reestimate_bn(model: nn.Module, ctx: TrialContext) -> None:
@@ -127,7 +131,7 @@ def _factorize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module
     from autocompress.factorize import FactorizeConfig, factorize_
     model = factorize_(model, FactorizeConfig(energy=recipe.rank_energy))
     _reestimate_bn(model, ctx)
-    return train(model, recipe, ctx, _share(recipe, _factorize), desc="recover low-rank")
+    return train(model, recipe, ctx, _share(recipe, _factorize), desc="recover low-rank", accelerate=True)
 
 
 def _sparsify(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:

@@ -58,8 +58,9 @@ def _trial(trial, shared):
     log.info("trial %d: %s", trial.number, recipe.describe())
     model = copy.deepcopy(shared.model)
     model = apply_recipe_steps(model, recipe, shared.ctx)
-    if shared.ctx.deadline.expired():
+    if shared.ctx.deadline.search_remaining() <= 0:
         raise TrainingStopped("the search's time ran out before the candidate was scored")
+    t_tail = time.monotonic()
     acc = shared.ctx.evaluate(model)
     floor = shared.budget.allowed_accuracy(shared.base["accuracy"])
     trial.set_user_attr("val_accuracy", acc)
@@ -91,6 +92,7 @@ def _trial(trial, shared):
         trial.set_user_attr("violations", viol)
         set_constraints(trial, constraint_values(shared, cand, base))
         trial.set_user_attr("duration_s", time.time() - t0)
+        shared.ctx.deadline.saw_tail(time.monotonic() - t_tail)
         keep_if_best(trial, shared, model, recipe, art, not viol)
     finally:
         shutil.rmtree(tdir, ignore_errors=True)   # the best trial's files were copied to best/
