@@ -131,3 +131,17 @@ def test_fit_on_cuda_returns_the_model_home():
     fit(model, data, TrainConfig(epochs=1, progress=False), device="cuda")
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_speed_budget_times_interleaved_and_remeasures_the_winner(small, tmp_path):
+    """'fastest': each candidate's speed-up is a median of interleaved ratios, the winner is timed
+    again before it is declared, and only a new best pays for the storage artifact."""
+    model, data = small
+    budget = Budget(max_drop=50.0, objective="fastest", max_trials=2, time_limit_s=120)
+    seeds = [Recipe(quant="int8", finetune_epochs=0.5), Recipe(sparsity=0.5, distill=False, finetune_epochs=0.5)]
+    res = compress(model, data, budget, techniques=("prune", "quantize"), out_dir=tmp_path, quick=True,
+                   seeds=seeds)
+    done = [t for t in res.trials if t.state == "complete"]
+    assert done and all(t.speedup is not None for t in done)
+    assert "re-measured" in res.message and "interleaved rounds" in res.message
+    assert (tmp_path / "best" / "model.acz").exists() and res.final.storage_bytes

@@ -63,6 +63,12 @@ class Budget(Config):
             return baseline_acc * (1 - self.max_drop / 100)
         return baseline_acc - self.max_drop / 100
 
+    def needs_storage(self) -> bool:
+        """Whether decisions need each candidate's storage artifact (else only the winner's is written)."""
+        sized = self.min_size_ratio is not None or self.max_size_bytes is not None \
+            or self.objective in ("smallest", "pareto", "most_accurate")
+        return self.size_of == "storage" and sized
+
     def needs_latency(self) -> bool:
         return self.min_speedup is not None or self.max_latency_ms is not None or self.objective in ("fastest", "pareto")
 

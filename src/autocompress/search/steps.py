@@ -242,11 +242,10 @@ def apply_recipe_steps(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> n
 
 # -- deployment ----------------------------------------------------------------------------------
 
-def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path) -> dict:
-    """Export the deployable file through the budget's target (parity-checked) and the compressed
-    storage artifact. Returns the paths and sizes under ``deployed`` / ``storage``."""
+def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path, store: bool = True) -> dict:
+    """Export the deployable file through the budget's target (parity-checked) and, when ``store``,
+    the compressed storage artifact. Returns the paths and sizes under ``deployed`` / ``storage``."""
     from autocompress import targets
-    from autocompress.encode import save_compressed
 
     target = targets.require(ctx.budget.runtime)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -266,11 +265,17 @@ def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path) -
     else:
         target.export(model, ctx.example, path)
         target.parity(model, path, inputs, atol=1e-3)
+    art = {"deployed": path, "deployed_bytes": target.size(path), "runtime": target.name}
+    return art | (store_artifact(model, recipe, ctx, out_dir) if store else {})
+
+
+def store_artifact(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path) -> dict:
+    """The compressed storage artifact (entropy-coded; the slowest part of scoring a large model)."""
+    from autocompress.encode import save_compressed
     storage = out_dir / "model.acz"
     save_compressed(_storable(model), storage, model_factory=ctx.model_factory,
                     metadata={"recipe": recipe.to_dict()})
-    return {"deployed": path, "deployed_bytes": target.size(path), "runtime": target.name,
-            "storage": storage, "storage_bytes": storage.stat().st_size}
+    return {"storage": storage, "storage_bytes": storage.stat().st_size}
 
 
 def _input_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:

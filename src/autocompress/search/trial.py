@@ -73,8 +73,9 @@ def _trial(trial, shared):
         raise optuna.TrialPruned(trial.user_attrs["note"])
     tdir = Path(tempfile.mkdtemp(prefix=f"trial{trial.number}-", dir=shared.ctx.work_dir))
     try:
-        art = deploy(model, recipe, shared.ctx, tdir)
-        size = art["storage_bytes"] if shared.budget.size_of == "storage" else art["deployed_bytes"]
+        # a speed budget decides nothing on the storage artifact: only a new best writes one
+        art = deploy(model, recipe, shared.ctx, tdir, store=shared.budget.needs_storage())
+        size = art["storage_bytes"] if "storage" in art else art["deployed_bytes"]
         lat = base_lat = None
         if shared.budget.needs_latency():
             t = speedup(shared, art["deployed"], max_time_s=3.0 if shared.quick else 10.0)
@@ -86,7 +87,7 @@ def _trial(trial, shared):
         viol = shared.budget.violations(base, cand)
         trial.set_user_attr("size_bytes", int(size))
         trial.set_user_attr("onnx_bytes", int(art["deployed_bytes"]))   # the deployed file, any runtime
-        trial.set_user_attr("storage_bytes", int(art["storage_bytes"]))
+        trial.set_user_attr("storage_bytes", int(art["storage_bytes"]) if "storage" in art else None)
         trial.set_user_attr("latency_ms", lat)
         trial.set_user_attr("base_latency_ms", base_lat)
         trial.set_user_attr("violations", viol)
@@ -160,6 +161,10 @@ def keep_if_best(trial, shared, model, recipe, art, feasible: bool) -> None:
         except (json.JSONDecodeError, KeyError):
             pass
     shared.best_model = (trial.number, model)   # this process's copy, exactly as deployed
+    if "storage" not in art:
+        from autocompress.search.steps import store_artifact
+        art.update(store_artifact(model, recipe, shared.ctx, Path(art["deployed"]).parent))
+        attrs["storage_bytes"] = int(art["storage_bytes"])
     stage = safefs.staging_dir(best_dir)
     for key in ("deployed", "storage"):
         safefs.copy_file(art[key], stage / Path(art[key]).name)   # model.onnx / model.pte, model.acz
