@@ -229,3 +229,16 @@ def test_compressed_export_keeps_the_files_names(tmp_path):
         s = session(out)
         assert [i.name for i in s.get_inputs()] == ["image"] and [o.name for o in s.get_outputs()] == ["logits"]
         assert s.get_inputs()[0].shape[1:] == [1, 16, 16]
+
+
+@pytest.mark.slow
+def test_converted_model_exports_with_dynamo_and_to_executorch(tmp_path):
+    from autocompress import targets
+    _, path = _zoo_onnx("residual_cnn", tmp_path)
+    conv = ac.from_onnx(path)
+    x, xs = batch_of("residual_cnn", 2), batch_of("residual_cnn", 8, seed=2)
+    check_parity(conv, export_onnx(conv, x, tmp_path / "dyn.onnx", exporter="dynamo"), xs, atol=1e-4)
+    et = targets.get("executorch")
+    if not et.installed():
+        pytest.skip("ExecuTorch is not installed")
+    assert et.parity(conv, et.export(conv, x, tmp_path / "m.pte"), xs, atol=1e-4).max_abs_diff <= 1e-4

@@ -45,8 +45,10 @@ class OnnxModel(nn.Module):
         self.source = source
         self.parity: dict[str, float] = {}     # output -> max |diff| vs ONNX Runtime, from from_onnx
 
-    def forward(self, *args):
-        return self.net(*args)
+    def forward(self, x, *more):
+        # the first input named apart: torch.export (ONNX dynamo, ExecuTorch) matches dynamic
+        # shapes given for one input against it, which a bare *args signature would not allow
+        return self.net(x, *more)
 
     @property
     def channels_last(self) -> bool:
