@@ -93,19 +93,19 @@ def test_best_folder_never_mixes_two_trials(tmp_path, monkeypatch):
     first = _best(out)
     assert json.loads(first["best.json"])["trial"] == 1 and first["model.onnx"] == "onnx of trial 1"
 
-    real, calls = safefs.copy_file, []
+    real, calls = os.replace, []
 
-    def dies_on_second(src, dst):        # a kill after the new model.onnx is written
+    def dies_on_second(src, dst):        # a kill right after the first of trial 2's files lands
         calls.append(dst)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(src, dst)
-    monkeypatch.setattr(safefs, "copy_file", dies_on_second)
+    monkeypatch.setattr(os, "replace", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         _keep(tmp_path, shared, 2, 500.0)
     assert _best(out) == first           # untouched: still all of trial 1
 
-    monkeypatch.setattr(safefs, "copy_file", real)
+    monkeypatch.setattr(os, "replace", real)
     _keep(tmp_path, shared, 3, 400.0)
     now = _best(out)
     assert json.loads(now["best.json"])["trial"] == 3
@@ -188,3 +188,23 @@ def test_compress_refuses_an_out_dir_with_a_planted_link(tmp_path):
     with pytest.raises(safefs.UnsafePathError, match="baseline.onnx is a symlink"):
         compress(nn.Sequential(nn.Linear(4, 2)), data, Budget(max_trials=1), out_dir=out, quick=True)
     assert victim.read_text() == "precious"
+
+
+def test_compress_resume_fails_the_killed_runs_running_trial(tmp_path):
+    import optuna
+
+    from autocompress.search.loop import STUDY, _storage_url
+
+    out = tmp_path / "out"
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    part = lambda n: (rng.random((n, 4), dtype=np.float32), rng.integers(0, 2, n))
+    data = from_datasets(part(32), part(16), part(16))
+    study = optuna.create_study(study_name=STUDY, storage=_storage_url(out, None),
+                                directions=["maximize", "minimize", "minimize"])
+    study.ask()                                   # the killed run's trial, left RUNNING
+    compress(nn.Sequential(nn.Linear(4, 2)), data, Budget(max_trials=1, max_drop=100.0), out_dir=out,
+             resume=True, quick=True, techniques=("prune",))
+    trials = optuna.load_study(study_name=STUDY, storage=_storage_url(out, None)).get_trials()
+    assert trials[0].state.name == "FAIL" and "orphaned" in trials[0].user_attrs["note"]
+    assert all(t.state.name != "RUNNING" for t in trials)
