@@ -90,7 +90,8 @@ def test_verbosity_flags_anywhere():
     assert p.parse_args(["-q", "run", "c.yaml"]).quiet
     a = p.parse_args(["run", "c.yaml", "-q"])
     assert a.quiet and not a.verbose
-    assert p.parse_args(["check", "--onnx", "m.onnx", "-v"]).verbose
+    assert p.parse_args(["check", "--onnx", "m.onnx", "-v"]).verbose == 1
+    assert p.parse_args(["run", "c.yaml", "-vv"]).verbose == 2
     assert not p.parse_args(["run", "c.yaml"]).quiet
 
 
