@@ -164,3 +164,26 @@ def test_other_exporters_and_old_opsets(tmp_path, ort_target, exporter, opset, p
     f = ort_target.export(model, x, tmp_path / "m.onnx", exporter=exporter, opset=opset)
     assert bool(packing_metadata(f)) == packs
     ort_target.parity(model, f, torch.randn(16, 1, 8, 8), atol=1e-5)
+
+
+def test_packed_file_reads_back_as_plain_weights(tmp_path, ort_target):
+    """Tools that read weights from initializers (the ONNX front door, viewers) get them back."""
+    from autocompress.export.packed import unpack_model
+    model = _compress_(Tiny(), sparsity=0.9, levels=16)
+    fp, pk = _files(tmp_path, model, ort_target)
+    proto = onnx.load(str(pk))
+    restored = unpack_model(proto)
+    assert "fc1.weight" in restored
+    plain = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    np.testing.assert_array_equal(plain["fc1.weight"], model.fc1.weight.detach().numpy())
+    assert {n.op_type for n in proto.graph.node} <= {n.op_type for n in onnx.load(str(fp)).graph.node}
+
+
+def test_front_door_reads_a_deployed_packed_file(tmp_path, ort_target):
+    import autocompress as ac
+    model = _compress_(Tiny(), sparsity=0.9, levels=16)
+    _, pk = _files(tmp_path, model, ort_target)
+    back = ac.from_onnx(pk)                                  # checked against ONNX Runtime on the file
+    with torch.no_grad():
+        x = torch.randn(8, 1, 8, 8)
+        torch.testing.assert_close(back(x), model(x), atol=1e-5, rtol=0)

@@ -310,6 +310,43 @@ def pack_onnx(src: str | Path, dst: str | Path | None = None, *, min_elements: i
     return report
 
 
+def unpack_model(model: onnx.ModelProto) -> list[str]:
+    """Undo :func:`pack_model` in place: the decoders run once (on ONNX Runtime) and their outputs
+    become plain initializers again, for tools that read weights from initializers (converters,
+    viewers). Returns the names restored (empty: nothing was packed)."""
+    import onnxruntime as ort
+
+    names = [r["name"] for r in next((json.loads(p.value) for p in model.metadata_props if p.key == _META), [])]
+    if not names:
+        return []
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    need, todo = [], list(names)
+    while todo:                          # the decoders: everything the packed tensors come from
+        n = producer.get(todo.pop())
+        if n is not None and all(n is not m for m in need):
+            need.append(n)
+            todo += [i for i in n.input if i]
+    drop = {id(n) for n in need}
+    sub = helper.make_graph([n for n in g.node if id(n) in drop], "decode", [], [onnx.ValueInfoProto(name=x) for x in names],
+                            list(g.initializer))
+    dec = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    values = ort.InferenceSession(dec.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(names, {})
+    rest = [n for n in g.node if id(n) not in drop]
+    del g.node[:]
+    g.node.extend(rest)
+    used = {i for n in rest for i in n.input} | {o.name for o in g.output}
+    inits = [t for t in g.initializer if t.name in used] + [numpy_helper.from_array(v, x) for x, v in zip(names, values)]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    kept = [p for p in model.metadata_props if p.key != _META]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    return names
+
+
 def packing_metadata(path: str | Path) -> list[dict]:
     """What :func:`pack_onnx` recorded in a file: per initializer, its encoding and bytes."""
     m = onnx.load(str(path), load_external_data=False)

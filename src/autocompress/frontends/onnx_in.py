@@ -75,6 +75,8 @@ def from_onnx(path: str | Path, *, atol: float = 1e-4, shapes: Mapping[str, Sequ
         proto = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise FrontendError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from None
+    from autocompress.export.packed import unpack_model
+    unpack_model(proto)         # our own packed weights (a deployed model.onnx): plain again
     inits = {i.name for i in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in inits]
     in_shapes = [_declared_shape(v) for v in inputs]
