@@ -32,9 +32,9 @@ def _parts(path):
     return version, _unpack_meta(kind, payload[5:5 + mlen]), payload[5 + mlen:]
 
 
-def _craft(path, meta, blobs: bytes, version: int = VERSION, raw_meta: bytes | None = None):
+def _craft(path, meta, blobs: bytes, version: int = VERSION, raw_meta: bytes | None = None, kind: int = 0):
     """Write an artifact with a correct CRC around whatever ``meta`` says."""
-    kind, mbytes = (0, raw_meta) if raw_meta is not None else _pack_meta(meta)
+    kind, mbytes = (kind, raw_meta) if raw_meta is not None else _pack_meta(meta)
     payload = struct.pack("<BI", kind, len(mbytes)) + mbytes + blobs
     path.write_bytes(_HEAD.pack(MAGIC, version, zlib.crc32(payload), len(payload)) + payload)
     return path
@@ -116,6 +116,22 @@ def test_arch_cannot_pick_device_dtype_or_nest_forever(small, tmp_path):
         load_compressed(_craft(tmp_path / "deep.acz", meta, blobs))
     with pytest.raises(StorageError, match="metadata cannot be read"):
         load_compressed(_craft(tmp_path / "deepjson.acz", None, blobs, raw_meta=b"[" * 100000))
+
+
+def _zstd_frame_declaring(size: int, content: bytes = b"{}") -> bytes:
+    """A valid zstd frame whose header claims ``size`` bytes of content (the library allocates that)."""
+    return (b"\x28\xb5\x2f\xfd" + b"\xe0" + size.to_bytes(8, "little")
+            + ((len(content) << 3) | 1).to_bytes(3, "little") + content)
+
+
+def test_zstd_declared_content_size_is_not_trusted(small, tmp_path):
+    from autocompress.encode import entropy
+
+    frame = _zstd_frame_declaring(1 << 40)
+    with _memory_cap(), pytest.raises(StorageError, match="declares 1099511627776 bytes"):
+        load_compressed(_craft(tmp_path / "zmeta.acz", None, b"", raw_meta=frame, kind=1))
+    with _memory_cap(), pytest.raises(entropy.CodecError, match="declares"):
+        entropy.decode("zstd", frame, 10, 256)
 
 
 def test_cli_check_and_export_refuse_crafted_artifact_with_exit_2(small, tmp_path, capsys):

@@ -194,13 +194,21 @@ def _zstd_enc(sym: np.ndarray, alphabet: int) -> bytes:
                                     write_dict_id=False).compress(_as_bytes(sym, alphabet))
 
 
-def _zstd_dec(data: bytes, n: int, alphabet: int) -> np.ndarray:
-    per = 1 if alphabet <= 256 else 2 if alphabet <= 65536 else 4
+def zstd_bounded(data: bytes, limit: int) -> bytes:
+    """zstd-decompress at most ``limit`` bytes. A frame's declared content size is allocated up front
+    by the library (``max_output_size`` only binds frames without one), so it is checked first."""
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(1, n * per))
+        declared = zstandard.frame_content_size(data)
+        if declared > limit:
+            raise CodecError(f"zstd frame declares {declared} bytes, more than the {limit} expected")
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=max(1, limit))
     except zstandard.ZstdError as e:
         raise CodecError(f"zstd: {e}") from None
-    return _from_bytes(raw, n, alphabet)
+
+
+def _zstd_dec(data: bytes, n: int, alphabet: int) -> np.ndarray:
+    per = 1 if alphabet <= 256 else 2 if alphabet <= 65536 else 4
+    return _from_bytes(zstd_bounded(data, n * per), n, alphabet)
 
 
 def _lzma_enc(sym: np.ndarray, alphabet: int) -> bytes:

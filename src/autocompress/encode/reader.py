@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import zstandard
 from torch import nn
 
 from autocompress.encode import entropy
@@ -51,7 +50,7 @@ def element_bound(payload_bytes: int) -> int:
 def _unpack_meta(kind: int, data: bytes) -> dict:
     try:
         if kind == 1:
-            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_META_BYTES)
+            data = entropy.zstd_bounded(data, MAX_META_BYTES)
         elif kind == 2:
             d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=entropy._LZMA_FILTERS)
             data = d.decompress(data, max_length=MAX_META_BYTES + 1)
@@ -59,8 +58,10 @@ def _unpack_meta(kind: int, data: bytes) -> dict:
                 raise StorageError(f"metadata decompresses past {MAX_META_BYTES} bytes")
         elif kind != 0:
             raise StorageError(f"unknown metadata coder {kind}")
+        if len(data) > MAX_META_BYTES:
+            raise StorageError(f"metadata of {len(data)} bytes is larger than {MAX_META_BYTES}")
         meta = json.loads(data)
-    except (zstandard.ZstdError, lzma.LZMAError, ValueError, RecursionError) as e:
+    except (lzma.LZMAError, ValueError, RecursionError) as e:       # CodecError is a ValueError
         if isinstance(e, StorageError):
             raise
         raise StorageError(f"metadata cannot be read: {type(e).__name__}: {e}") from None
