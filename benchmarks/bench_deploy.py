@@ -47,9 +47,11 @@ GOAL_X = 20.0          # deployed ONNX at least this much smaller than fp32 (LeN
 
 
 def _subset(data: Splits, n_train: int, n_eval: int) -> Splits:
-    """--quick: fixed leading subsets (the same code path on less data)."""
+    """--quick: fixed subsets (the same code path on less data)."""
     from torch.utils.data import Subset
-    cut = lambda ds, n: Subset(ds, range(min(n, len(ds))))    # noqa: E731
+    def cut(ds, n):   # the images Splits.loader(limit=n) picks, so other benchmarks' rows see the same
+        return Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
+
     return Splits(cut(data.train, n_train), cut(data.val, n_eval), cut(data.test, n_eval),
                   data.input_shape, data.num_classes)
 
@@ -86,7 +88,8 @@ def _compressed(name: str, kind: str, base, data: Splits, quick: bool, out: Path
 
 def executorch_rows(name: str, quick: bool, work: Path) -> list[dict]:
     """Hook for the ExecuTorch columns: bench_executorch.rows() (fp32 .pte and XNNPACK int8 .pte of
-    the uncompressed model) when executorch is installed; rows use this table's keys."""
+    the uncompressed model) when executorch is installed; rows use this table's keys. The
+    compressed .pte rows (the search with ``Budget(runtime="executorch")``) belong here too."""
     if "executorch" not in targets.available():
         return []
     spec = importlib.util.spec_from_file_location("bench_executorch", HERE / "bench_executorch.py")
@@ -123,11 +126,13 @@ def model_rows(name: str, quick: bool, work: Path, executorch: bool = False) -> 
                      # what the result reports for its deployed file (same test images)
                      "reported": res.final.ort_accuracy.get("test") if res else None,
                      "met": res.met if res else None, "recipe": res.recipe.describe() if res else None})
-    base_acc = rows[0]["accuracy"]
-    for r in rows:
-        r["x_smaller"] = rows[0]["bytes"] / r["bytes"]
-        r["drop_points"] = 100 * (base_acc - r["accuracy"])
-    return {"rows": rows + (executorch_rows(name, quick, work) if executorch else []), "test_images": int(np.load(y).shape[0])}
+    if executorch:
+        rows += executorch_rows(name, quick, work)
+    for r in rows:        # against the fp32 file of the same runtime (its first row)
+        ref = next(q for q in rows if q["runtime"] == r["runtime"])
+        r["x_smaller"] = ref["bytes"] / r["bytes"]
+        r["drop_points"] = 100 * (ref["accuracy"] - r["accuracy"])
+    return {"rows": rows, "test_images": int(np.load(y).shape[0])}
 
 
 def report(per_model: dict[str, dict]) -> str:
