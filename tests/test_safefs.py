@@ -31,12 +31,24 @@ SRC = str(Path(safefs.__file__).parents[1])
 
 # -- symlinks -------------------------------------------------------------------------------
 
-def test_writes_refuse_a_planted_symlink_and_leave_its_target_alone(tmp_path):
-    outside = tmp_path / "victim.txt"
-    outside.write_text("precious")
+def _planted(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """(out_dir, victim): ``out_dir/name`` is a symlink to a file outside that must stay intact."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "budget.yaml").symlink_to(outside)
+    (out / name).symlink_to(victim)
+    return out, victim
+
+
+def _tiny_data(n: int = 32):
+    rng = np.random.default_rng(0)
+    part = lambda k: (rng.random((k, 4), dtype=np.float32), rng.integers(0, 2, k))
+    return from_datasets(part(n), part(n // 2), part(n // 2))
+
+
+def test_writes_refuse_a_planted_symlink_and_leave_its_target_alone(tmp_path):
+    out, outside = _planted(tmp_path, "budget.yaml")
     with pytest.raises(safefs.UnsafePathError, match="budget.yaml is a symlink"):
         Budget().to_yaml(out / "budget.yaml")
     assert outside.read_text() == "precious"
@@ -177,16 +189,9 @@ def test_resume_marks_orphaned_running_trials_failed(tmp_path):
 
 
 def test_compress_refuses_an_out_dir_with_a_planted_link(tmp_path):
-    victim = tmp_path / "victim.onnx"
-    victim.write_text("precious")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "baseline.onnx").symlink_to(victim)
-    rng = np.random.default_rng(0)
-    part = lambda n: (rng.random((n, 4), dtype=np.float32), rng.integers(0, 2, n))
-    data = from_datasets(part(16), part(8), part(8))
+    out, victim = _planted(tmp_path, "baseline.onnx")
     with pytest.raises(safefs.UnsafePathError, match="baseline.onnx is a symlink"):
-        compress(nn.Sequential(nn.Linear(4, 2)), data, Budget(max_trials=1), out_dir=out, quick=True)
+        compress(nn.Sequential(nn.Linear(4, 2)), _tiny_data(16), Budget(max_trials=1), out_dir=out, quick=True)
     assert victim.read_text() == "precious"
 
 
@@ -197,9 +202,7 @@ def test_compress_resume_fails_the_killed_runs_running_trial(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    rng = np.random.default_rng(0)
-    part = lambda n: (rng.random((n, 4), dtype=np.float32), rng.integers(0, 2, n))
-    data = from_datasets(part(32), part(16), part(16))
+    data = _tiny_data()
     study = optuna.create_study(study_name=STUDY, storage=_storage_url(out, None),
                                 directions=["maximize", "minimize", "minimize"])
     study.ask()                                   # the killed run's trial, left RUNNING
