@@ -52,6 +52,8 @@ class Splits:
         xs = [x for x, _ in self.loader("train", batch_size=n, shuffle=True, limit=n, seed=seed)]
         if not xs:
             raise DataError("the training split is empty: calibration needs real samples")
+        if isinstance(xs[0], dict):       # keyword inputs: one dict of stacked tensors
+            return {k: torch.cat([x[k] for x in xs]) for k in xs[0]}
         return torch.cat(xs)
 
 
@@ -102,21 +104,51 @@ def load_mnist(flat: bool = False) -> Splits:
 
 # -- user data ---------------------------------------------------------------------------
 
-def arrays_to_dataset(x: Any, y: Any, input_shape: Sequence[int] | None = None,
-                      name: str = "data") -> TensorDataset:
-    """Validate a pair of arrays (numpy or torch) and wrap them as a dataset."""
+class DictDataset(Dataset):
+    """Samples ``({"input_ids": ..., "attention_mask": ...}, label)`` for models with keyword inputs;
+    the default collate makes each batch a dict of tensors, handed to the model as ``model(**x)``."""
+
+    def __init__(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return {k: v[i] for k, v in self.inputs.items()}, self.labels[i]
+
+
+def _as_input(x: Any, name: str) -> torch.Tensor:
+    """Float inputs as float32, uint8 images scaled to [0, 1], other integers (token ids, masks)
+    kept as int64."""
     x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+    if x.dtype == torch.bool:
+        return x.long()
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0   # raw image bytes: scale like the bundled data
+    if not x.is_floating_point():
+        if x.is_complex():
+            raise DataError(f"{name}: inputs must be real numbers, got {x.dtype}")
+        return x.long()
+    return x.float()
+
+
+def arrays_to_dataset(x: Any, y: Any, input_shape: Sequence[int] | None = None,
+                      name: str = "data") -> Dataset:
+    """Validate a pair of arrays (numpy or torch) and wrap them as a dataset. ``x`` may be a dict of
+    arrays (several keyword inputs: token ids + attention mask), each with one row per label."""
     y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
-    if not (x.is_floating_point()):
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0   # raw image bytes: scale like the bundled data
-        else:
-            raise DataError(f"{name}: inputs must be float32 (or uint8 images), got {x.dtype}")
-    x = x.float()
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise DataError(f"{name}: labels must be integer class indices, got {y.dtype}")
-    if y.ndim != 1:
-        raise DataError(f"{name}: labels must be 1-D (N,), got shape {tuple(y.shape)}")
+    if isinstance(x, dict):
+        if not x:
+            raise DataError(f"{name}: the dict of inputs is empty")
+        xs = {str(k): _as_input(v, f"{name}[{k!r}]") for k, v in x.items()}
+        for k, v in xs.items():
+            if v.shape[0] != y.shape[0]:
+                raise DataError(f"{name}[{k!r}]: {v.shape[0]} inputs but {y.shape[0]} labels")
+        _check_labels(y, name)
+        return DictDataset(xs, y.long())
+    x = _as_input(x, name)
+    _check_labels(y, name)
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{name}: {x.shape[0]} inputs but {y.shape[0]} labels")
     if x.shape[0] == 0:
@@ -128,9 +160,18 @@ def arrays_to_dataset(x: Any, y: Any, input_shape: Sequence[int] | None = None,
         else:
             raise DataError(f"{name}: expected inputs of shape (N, {', '.join(map(str, input_shape))}), "
                             f"got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if x.is_floating_point() and not torch.isfinite(x).all():
         raise DataError(f"{name}: inputs contain NaN or Inf")
     return TensorDataset(x, y.long())
+
+
+def _check_labels(y: torch.Tensor, name: str) -> None:
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise DataError(f"{name}: labels must be integer class indices, got {y.dtype}")
+    if y.ndim != 1:
+        raise DataError(f"{name}: labels must be 1-D (N,), got shape {tuple(y.shape)}")
+    if y.shape[0] == 0:
+        raise DataError(f"{name}: no samples")
 
 
 def load_npz(path: str | Path, input_shape: Sequence[int] | None = None, val_fraction: float = 0.1,
@@ -202,7 +243,7 @@ def _hold_out(ds: Dataset, frac: float, seed: int) -> tuple[Dataset, Dataset]:
 
 def _splits(train: Dataset, val: Dataset, test: Dataset) -> Splits:
     x0, _ = train[0]
-    x0 = torch.as_tensor(x0)
+    x0 = torch.as_tensor(next(iter(x0.values())) if isinstance(x0, dict) else x0)   # dict: its first input
     labels = []
     for ds in (train, val, test):
         for i in range(min(len(ds), 2000)):  # type: ignore[arg-type]

@@ -2,6 +2,10 @@
 
 This package (``autocompress.export``) is the only place that imports ``onnx`` / ``onnxruntime``:
 everything runtime-specific lives here so the techniques stay framework-side.
+
+Models take what they take: one tensor, a tuple of tensors, or a dict of keyword tensors (token ids +
+attention mask); integer inputs stay int64. Whatever they return (tensor, tuple, dict, ModelOutput)
+the exported graph has one output, the logits chosen by :func:`autocompress.outputs.pick_output`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from autocompress.export.inputs import (Inputs, as_args, fixed_batch_io, input_names, ort_feed,
+                                        synthetic_feed, with_picked_output)
+from autocompress.outputs import pick_output
+
 log = logging.getLogger(__name__)
 
 
@@ -33,12 +41,16 @@ class ParityError(AssertionError):
     """ONNX Runtime disagrees with PyTorch beyond the tolerance: the export is not deployable."""
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
-                dynamic_batch: bool = True, opset: int = 18, exporter: str = "auto") -> Path:
+def export_onnx(model: nn.Module, example: Inputs, path: str | Path, *,
+                dynamic_batch: bool = True, opset: int = 18, exporter: str = "auto",
+                output_key: str = "logits") -> Path:
     """Export ``model`` to a single self-contained ONNX file (weights embedded, no ``.onnx.data``).
 
+    ``example``: a tensor, a tuple of tensors or a dict of keyword tensors (their names become the
+    graph's input names). ``output_key``: which entry of a dict / ModelOutput is the output.
     ``exporter``: ``"dynamo"`` (torch's default since 2.9), ``"torchscript"`` (the legacy exporter,
-    still the most robust on RNNs), or ``"auto"``: dynamo first, falling back on failure.
+    still the most robust on RNNs), or ``"auto"``: dynamo first, falling back on failure, including
+    when ``dynamic_batch=True`` but the graph came out fixed at one batch size (recurrent layers).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,10 +60,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
     if order is None:
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
     errors = []
+    declared = getattr(model, "output_names", None)     # a converted file's several outputs stay
+    wrapped = model if isinstance(declared, list) and len(declared) > 1 else with_picked_output(model, example, output_key)
+    args, names = as_args(example), input_names(example)
     for kind in order:
         try:
-            _export(model, example, path, kind, dynamic_batch, opset)
+            _export(wrapped, args, names, path, kind, dynamic_batch, opset)
             onnx.checker.check_model(str(path))
+            fixed = fixed_batch_io(onnx.load(str(path), load_external_data=False)) if dynamic_batch else []
+            if fixed:
+                raise ExportError(f"dynamic_batch=True but the graph's batch dimension is fixed for {fixed}")
             return path
         except Exception as e:  # noqa: BLE001 - try the next exporter, report all at the end
             errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
@@ -70,16 +88,19 @@ def _io_names(model: nn.Module) -> tuple[list[str], list[str]]:
     return names("input_names", "input")[:1], names("output_names", "output")
 
 
-def _export(model: nn.Module, example: torch.Tensor, path: Path, kind: str, dynamic_batch: bool,
+def _export(model: nn.Module, args: tuple, names: list[str], path: Path, kind: str, dynamic_batch: bool,
             opset: int) -> None:
     ins, outs = _io_names(model)
+    if names == ["input"]:
+        names = ins            # one tensor in: the name a converted model's file gave it
     sink = io.StringIO()
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
         if kind == "dynamo":
-            shapes = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
-            prog = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=shapes,
-                                     input_names=ins, output_names=outs,
+            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+            shapes = tuple({0: batch} for _ in args) if dynamic_batch else None
+            prog = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes,
+                                     input_names=names, output_names=outs,
                                      opset_version=opset, verbose=False, optimize=True)
             # save() with external_data=False: one self-contained file (deployable as is)
             prog.save(str(path), external_data=False)
@@ -87,9 +108,9 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, kind: str, dyna
             if extra.exists():
                 extra.unlink()
         else:
-            axes = {n: {0: "batch"} for n in ins + outs} if dynamic_batch else None
-            torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=axes,
-                              input_names=ins, output_names=outs,
+            axes = {n: {0: "batch"} for n in [*names, *outs]} if dynamic_batch else None
+            torch.onnx.export(model, args, str(path), dynamo=False, dynamic_axes=axes,
+                              input_names=names, output_names=outs,
                               opset_version=opset)
 
 
@@ -119,11 +140,10 @@ def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def run(sess: ort.InferenceSession, x: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    inp = sess.get_inputs()[0]
-    return sess.run(None, {inp.name: x.astype(np.float32, copy=False)})[0]
+def run(sess: ort.InferenceSession, x: Inputs | np.ndarray) -> np.ndarray:
+    """The graph's (first) output for ``x``: a tensor / array, a tuple, or a dict by input name;
+    each input goes in with the dtype the graph declares (int64 token ids stay int64)."""
+    return sess.run(None, ort_feed(sess, x))[0]
 
 
 def ort_accuracy(path: str | Path, loader: Iterable, threads: int = 1) -> float:
@@ -148,19 +168,23 @@ class ParityReport:
                 "samples": self.samples}
 
 
-def check_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor, *, atol: float = 1e-3,
+def _call(model: nn.Module, x: Inputs):
+    return model(**x) if isinstance(x, dict) else model(*as_args(x))
+
+
+def check_parity(model: nn.Module, path: str | Path, inputs: Inputs, *, atol: float = 1e-3,
                  min_agreement: float = 1.0) -> ParityReport:
     """Compare PyTorch and ONNX Runtime outputs on real ``inputs``; raise :class:`ParityError`
     if the largest absolute difference exceeds ``atol`` or top-1 agreement is below ``min_agreement``."""
     model.eval()
     with torch.no_grad():
-        ref = model(inputs).numpy()
+        ref = pick_output(_call(model, inputs)).numpy()
     got = run(session(path), inputs)
     if got.shape != ref.shape:
         raise ParityError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")
     diff = float(np.abs(got - ref).max())
     agree = float((got.argmax(-1) == ref.argmax(-1)).mean()) if ref.ndim > 1 else 1.0
-    rep = ParityReport(diff, agree, int(inputs.shape[0]))
+    rep = ParityReport(diff, agree, int(ref.shape[0]))
     if not np.isfinite(diff) or diff > atol or agree < min_agreement:
         raise ParityError(f"{path}: ONNX Runtime disagrees with PyTorch: max |diff| {diff:.3g} "
                           f"(tolerance {atol:.3g}), top-1 agreement {agree:.2%} "
@@ -188,21 +212,20 @@ def measure_latency(models: Mapping[str, str | Path], input_shape: tuple[int, ..
     ``input_shape`` excludes the batch dimension.
     """
     sessions = {k: session(p, threads) for k, p in models.items()}
-    names = {k: s.get_inputs()[0].name for k, s in sessions.items()}
     out: dict[str, dict[int, LatencyStats]] = {k: {} for k in models}
     rng = np.random.default_rng(0)
     for b in batch_sizes:
-        x = rng.random((b, *input_shape), dtype=np.float32)
+        feeds = {k: synthetic_feed(s, b, input_shape, rng) for k, s in sessions.items()}
         for k, s in sessions.items():
             for _ in range(warmup):
-                s.run(None, {names[k]: x})
+                s.run(None, feeds[k])
         times: dict[str, list[float]] = {k: [] for k in sessions}
         t_start = time.perf_counter()
         i = 0
         while i < runs or time.perf_counter() - t_start < min_time_s:
             for k, s in sessions.items():
                 t0 = time.perf_counter()
-                s.run(None, {names[k]: x})
+                s.run(None, feeds[k])
                 times[k].append((time.perf_counter() - t0) * 1e3)
             i += 1
         for k, ts in times.items():

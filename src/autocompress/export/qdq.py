@@ -142,21 +142,22 @@ def _check_node(name: str, node: onnx.NodeProto, wname: str, transposed: bool) -
             raise ExportError(f"{name}: Gemm transB does not match the weight layout")
 
 
-def _bias_input(G: _Graph, node: onnx.NodeProto, b: np.ndarray | None) -> tuple[onnx.NodeProto, int] | None:
-    """Where the bias enters: Conv/Gemm input 2, or the Add that follows a MatMul."""
-    if b is None:
+def _bias_input(G: _Graph, node: onnx.NodeProto, b: np.ndarray | None, name: str = "") -> tuple | None:
+    """Where the bias enters: Conv/Gemm input 2, or the Add after a MatMul. None when there is none
+    or the exporter dropped an all-zero bias (fresh BN fold, new head): leaving it out is exact."""
+    if b is None or (not np.any(b) and not (node.op_type in ("Conv", "Gemm") and len(node.input) > 2)):
         return None
     if node.op_type in ("Conv", "Gemm"):
         if len(node.input) > 2 and node.input[2]:
             return node, 2
-        raise ExportError(f"{node.name}: the layer has a bias but its ONNX node has none")
+        raise ExportError(f"{name or node.name}: the layer has a bias but its ONNX node {node.name} has none")
     users = G.consumers.get(node.output[0], [])
     if len(users) == 1 and users[0].op_type == "Add":
         add = users[0]
         for i, t in enumerate(add.input):
             if t in G.inits and np.array_equal(numpy_helper.to_array(G.inits[t]).reshape(-1), b):
                 return add, i
-    raise ExportError(f"{node.name}: cannot find the bias Add after MatMul")
+    raise ExportError(f"{name or node.name}: cannot find the bias Add after its MatMul {node.name}")
 
 
 # -- building blocks ---------------------------------------------------------------------------
@@ -236,7 +237,7 @@ def _static(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: 
     G.before[id(node)].append(dq)
     node.input[1] = out
     bias = w.bias
-    where = _bias_input(G, node, _np(bias) if bias is not None else None)
+    where = _bias_input(G, node, _np(bias) if bias is not None else None, name)
     if where is not None:
         bnode, bi = where
         bs = w.bias_scale().detach()
@@ -277,7 +278,7 @@ def _static_packed(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto) 
                               K=k, N=n_out, bits=bits, block_size=block)]
     G.uses_ms = True
     qb = w.quantized_bias()
-    where = _bias_input(G, node, _np(w.bias) if w.bias is not None else None)
+    where = _bias_input(G, node, _np(w.bias) if w.bias is not None else None, name)
     if node.op_type == "Gemm":
         tail_out = list(node.output)
         if qb is not None:      # the int32-grid bias, as float: exactly what the simulation adds
@@ -340,7 +341,7 @@ def _weight_only(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wn
 
 def _fp16(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
     targets = [(node, 1)]
-    where = _bias_input(G, node, _np(w.bias) if w.bias is not None else None)
+    where = _bias_input(G, node, _np(w.bias) if w.bias is not None else None, name)
     if where is not None:
         targets.append(where)          # Conv/Gemm input 2, or the Add after a MatMul
     for n, i in targets:

@@ -56,7 +56,8 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), counter:
-            model(example)
+            model(**example) if isinstance(example, dict) else model(*example) if isinstance(example, tuple) \
+                else model(example)   # keyword / several inputs (token ids + attention mask)
     finally:
         torch.backends.mha.set_fastpath_enabled(prev)
     return counter.get_total_flops() // 2

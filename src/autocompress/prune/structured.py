@@ -5,10 +5,15 @@ Whole output channels / neurons / attention heads are removed and every dependen
 depthwise groups), so parameters, MACs, ONNX size and ONNX Runtime latency all drop.
 
 The dependency graph and the per-layer surgery come from torch-pruning (pinned 1.6.1); everything
-that touches it lives in this file and ``tp_criteria.py`` (criteria as its group importances), so
-the rest of the package never sees its internals.
-Layers it cannot rebuild (recurrent layers, unknown modules with their own parameters) are kept
+that touches it lives in :mod:`autocompress.prune.tp_adapter`, :mod:`autocompress.prune.families`
+and ``tp_criteria.py`` (criteria as its group importances), so the rest of the package never sees
+its internals.
+Layers it cannot rebuild (recurrent layers, unknown modules owning weight matrices) are kept
 intact: every group of channels that reaches them is skipped, with a log message naming the layer.
+Parameters a model owns itself along the channel axis (ViT's class token and position embedding,
+ConvNeXt's layer-scale gamma) are pruned with their channels; Hugging Face attention loses whole
+heads only (see :mod:`autocompress.prune.families`). Models may return tensors, tuples, dicts or
+ModelOutputs (:func:`autocompress.outputs.pick_output` chooses the logits).
 """
 
 from __future__ import annotations
@@ -19,24 +24,21 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from autocompress.config import Config, ConfigError
 from autocompress.measure.core import count_macs, count_params
-from autocompress.prune.heads import PrunedMultiheadAttention, prune_heads_
+from autocompress.prune.families import hf_attention, shuffle_tolerant, sync_head_counts
+from autocompress.prune.heads import prune_heads_
 from autocompress.prune.importance import Criterion, Importance, ImportanceName, get_criterion
-from autocompress.prune.tp_criteria import group_importance
 from autocompress.prune.recover import Finetune, as_loader, make_finetune
 from autocompress.prune.targets import check_names_exist, matches
+from autocompress.prune.tp_criteria import group_importance
+from autocompress.prune.tp_adapter import (StructuredPruneError, _failing_layer, _forward, _pass,
+                                           frozen_layers)
 from autocompress.train import LossFn, TrainConfig, cross_entropy
 
 log = logging.getLogger(__name__)
-
-
-class StructuredPruneError(RuntimeError):
-    """Surgery failed or changed the model's output; the model was restored and the message names
-    the layers involved."""
 
 
 @dataclass
@@ -78,46 +80,6 @@ class StructuredPruneConfig(Config):
                               f"weights only (no structured form)")
 
 
-# -- torch-pruning adapter -------------------------------------------------------------------
-
-# criteria (and their torch-pruning importances) are registered in importance.CRITERIA
-
-# modules torch-pruning rebuilds correctly (verified on the test zoo); anything else that owns
-# parameters is frozen. LSTM support in torch-pruning is partial, so all recurrent layers are frozen.
-_SUPPORTED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm,
-              nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU, nn.Embedding,
-              nn.MultiheadAttention)
-
-
-class _Frozen(tp.pruner.function.BasePruningFunc):
-    """Lets the dependency graph see a layer it cannot rebuild, so groups reaching it can be found
-    (and skipped). Its prune functions refuse loudly: they must never run."""
-
-    TARGET_MODULES = None
-
-    def prune_out_channels(self, layer: nn.Module, idxs):
-        raise StructuredPruneError(f"refusing to prune the outputs of {type(layer).__name__}")
-
-    def prune_in_channels(self, layer: nn.Module, idxs):
-        raise StructuredPruneError(f"refusing to prune the inputs of {type(layer).__name__}")
-
-    def get_out_channels(self, layer: nn.Module):
-        if isinstance(layer, nn.RNNBase):
-            return layer.hidden_size * (2 if layer.bidirectional else 1)
-        return None
-
-    def get_in_channels(self, layer: nn.Module):
-        return layer.input_size if isinstance(layer, nn.RNNBase) else None
-
-
-def frozen_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules owning parameters that structured pruning keeps intact (head-pruned attention is
-    rebuilt by :mod:`autocompress.prune.heads` only, never by torch-pruning)."""
-    return {n: m for n, m in model.named_modules()
-            if (not isinstance(m, _SUPPORTED) or isinstance(m, PrunedMultiheadAttention))
-            and any(True for _ in m.parameters(recurse=False))}
-
-
 def prunable_layers(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig) -> dict[str, nn.Module]:
     """Conv / Linear layers whose output channels may be removed under ``cfg`` (by name)."""
     skip = set(_excluded(model, example, cfg)) | set(frozen_layers(model))
@@ -149,16 +111,6 @@ def _excluded(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfi
     return names
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        model.train(was)
-
-
 def model_cost(model: nn.Module, example: torch.Tensor, metric: Literal["params", "macs"]) -> int:
     # count_macs already counts attention through the unfused path
     return count_params(model) if metric == "params" else count_macs(model, example)
@@ -181,15 +133,6 @@ def _accumulate_grads(model: nn.Module, data: Iterable, loss_fn: LossFn | None, 
         raise ValueError("Taylor importance needs data: the loader yielded no batches")
 
 
-def _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen, imp):
-    return tp.pruner.BasePruner(
-        model, example, importance=imp, global_pruning=cfg.global_ranking,
-        pruning_ratio=default, pruning_ratio_dict={modules[n]: r for n, r in ratios.items()},
-        max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored, round_to=cfg.round_to,
-        num_heads=mhas, prune_num_heads=False, prune_head_dims=False,
-        customized_pruners={type(m): _Frozen() for m in frozen.values()})
-
-
 def _surgery(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig, default: float,
              ratios: dict[str, float], head_ratio: float, data: Iterable | None,
              loss_fn: LossFn | None, criterion=None) -> list[str]:
@@ -200,31 +143,19 @@ def _surgery(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig
     ignored = [modules[n] for n in _excluded(model, example, cfg)] + list(frozen.values())
     mhas = {m: m.num_heads for n, m in modules.items()
             if isinstance(m, nn.MultiheadAttention) and n not in frozen}
+    hf = [a for a in hf_attention(model) if not matches(cfg.exclude, a.name)]
+    opaque: set = set()
     imp, needs_data, name = group_importance(cfg.importance if criterion is None else criterion)
     if needs_data:
         if data is None:
             raise ValueError(f"structured pruning criterion {name!r} needs data: pass real (x, y) batches")
         _accumulate_grads(model, data, loss_fn, cfg.taylor_batches)
-    try:
-        pruner = _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen, imp)
-    except Exception as e:  # noqa: BLE001 - torch-pruning failed to trace: name what it could not handle
-        hint = (f"; it cannot trace around {sorted(frozen)} ({', '.join(type(m).__name__ for m in frozen.values())}):"
-                f" exclude the layers that feed them, or prune them unstructured") if frozen else ""
-        raise StructuredPruneError(f"torch-pruning cannot build the dependency graph of "
-                                   f"{type(model).__name__}: {type(e).__name__}: {e}{hint}") from e
-    names = {m: n for n, m in modules.items()}
-    skipped = []
-    for group in pruner.step(interactive=True):
-        touched = {names.get(dep.target.module) for dep, _ in group}
-        blocked = sorted(t for t in touched if t in frozen)
-        if blocked:
-            root = names.get(group[0][0].target.module)
-            log.debug("structured pruning skips the channels of %r: they feed %s (%s), which cannot be "
-                     "rebuilt", root, blocked, ", ".join(type(frozen[b]).__name__ for b in blocked))
-            skipped.append(root)
-            continue
-        group.prune()
+    with shuffle_tolerant(opaque):     # torch-pruning re-maps indices while it makes each group
+        skipped = _pass(model, example, cfg, default, ratios, head_ratio, modules, ignored, mhas, frozen, hf,
+                        opaque, imp)
     model.zero_grad(set_to_none=True)
+    if hf:
+        log.debug("attention heads left: %s", sync_head_counts(hf))
     return skipped
 
 
@@ -267,7 +198,8 @@ def _prune_once(model, example, cfg, scale, data, loss_fn, step: int = 1, steps:
         left = prune_heads_(model, cfg.head_ratio, cfg.exclude)
         log.debug("attention heads left: %s", left)
     return _surgery(model, example, cfg, _step_ratio(default, step, steps),
-                    {n: _step_ratio(r, step, steps) for n, r in ratios.items()}, 0.0, data, loss_fn, criterion)
+                    {n: _step_ratio(r, step, steps) for n, r in ratios.items()},
+                    cfg.head_ratio if step == 1 else 0.0, data, loss_fn, criterion)
 
 
 def _solve_scale(model, example, cfg, data, loss_fn, criterion=None) -> tuple[float, StructuredPruneConfig]:
@@ -313,8 +245,9 @@ def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = Non
     importance. On failure the model is restored and :class:`StructuredPruneError` names the layers.
     """
     cfg = config or StructuredPruneConfig()
-    if example_input is None or not isinstance(example_input, torch.Tensor):
-        raise ValueError("prune_channels_ needs example_input: a tensor shaped like a real input batch")
+    if not (isinstance(example_input, torch.Tensor) or (isinstance(example_input, (dict, tuple)) and example_input)):
+        raise ValueError("prune_channels_ needs example_input: a tensor shaped like a real input batch "
+                         "(or a tuple / dict of them, e.g. {'input_ids': ..., 'attention_mask': ...})")
     check_names_exist(model, cfg.exclude, "StructuredPruneConfig.exclude")
     check_names_exist(model, cfg.per_layer, "StructuredPruneConfig.per_layer")
     loader = as_loader(data, cfg.finetune.batch_size if cfg.finetune else 128) if data is not None else None
@@ -339,10 +272,16 @@ def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = Non
         try:
             _prune_once(model, example_input, run_cfg, scale, loader, loss_fn, step, cfg.steps, importance)
             out = _forward(model, example_input)
-        except Exception as e:  # noqa: BLE001 - restore, then report with layer names
+        except StructuredPruneError as e:
             _restore(model, backup)
             raise StructuredPruneError(f"structured pruning of {type(model).__name__} failed and was undone: "
-                                       f"{type(e).__name__}: {e}") from e
+                                       f"{e}") from e
+        except Exception as e:  # noqa: BLE001 - restore, then report with the layer that broke
+            where = _failing_layer(model, example_input)
+            _restore(model, backup)
+            at = f" in layer {where!r} ({type(backup.get_submodule(where)).__name__})" if where else ""
+            raise StructuredPruneError(f"structured pruning of {type(model).__name__} failed and was undone: the "
+                                       f"pruned model no longer runs{at}: {type(e).__name__}: {e}") from e
         if out.shape != ref.shape:
             changed = [n for (n, a), (_, b) in zip(backup.named_parameters(), model.named_parameters())
                        if a.shape != b.shape]

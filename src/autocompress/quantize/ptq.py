@@ -214,6 +214,12 @@ def prepare(model: nn.Module, skip: Iterable[str] = (), linear_only: bool = Fals
                 float_layers[name] = "listed in skip_layers"
             else:
                 targets.append(name)
+    if linear_only and not targets:       # say so now, not "call quantize_ first" at export
+        kinds = sorted({type(m).__name__ for m in mods.values() if isinstance(m, SUPPORTED)})
+        raise ValueError(f"{type(model).__name__} has no Linear layer to quantize (it has {kinds or 'none'}"
+                         f"{', all Linear layers skipped' if any(isinstance(m, nn.Linear) for m in mods.values()) else ''}"
+                         "): dynamic int8 and int4 weight-only cover Linear layers only; use PTQConfig "
+                         "(static int8) for convolutions")
     for name in targets:
         _swap(model, name, QuantWrapper(mods[name], name))
     facts = plan(_float_view_for_trace(model), set(targets))
