@@ -145,3 +145,20 @@ def test_speed_budget_times_interleaved_and_remeasures_the_winner(small, tmp_pat
     assert done and all(t.speedup is not None for t in done)
     assert "re-measured" in res.message and "interleaved rounds" in res.message
     assert (tmp_path / "best" / "model.acz").exists() and res.final.storage_bytes
+
+
+def test_deadline_keeps_the_reserve_and_learns_the_tail():
+    from autocompress.search.deadline import Deadline
+    d = Deadline(100.0)
+    d.reserve(80.0)
+    assert 49 < d.reserve_s <= 50                  # at most half of what is left: trials can run
+    d.saw_tail(30.0, guess=True)
+    d.saw_tail(5.0)                                # the first real tail replaces the guess
+    assert d.tail_s == 5.0
+    d.saw_tail(2.0)
+    assert d.tail_s == 5.0                         # then the longest seen
+    d.reserve_for_winner(10.0)
+    assert d.reserve_s == d.base_reserve_s + 10.0
+    d.start -= 100 - d.reserve_s - 4.0             # 4 s of search left, less than a tail
+    assert d.expired() and d.search_remaining() > 0
+    assert not Deadline(None).expired() and Deadline(None).remaining() == float("inf")

@@ -125,7 +125,7 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     n_left = None if budget.max_trials is None else max(budget.max_trials - done, 0)
     interrupted = False
     try:
-        if n_left != 0 and deadline.search_remaining() > 0:
+        if n_left != 0 and not deadline.expired():
             if workers > 1:
                 _run_workers(shared, url, seed, n_left, deadline, workers)
             else:
@@ -152,7 +152,7 @@ def resume(model: nn.Module, data: Splits, out_dir: str | Path, **kwargs) -> Res
 def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, quick,
              model_factory=None, deadline: Deadline | None = None) -> _Shared:
     from autocompress.measure import measure
-    from autocompress.search.finish import final_reserve_s
+    from autocompress.search.finish import REMEASURE_S, final_reserve_s
 
     from autocompress.validate import check_run_inputs
 
@@ -165,12 +165,21 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     target = targets.require(budget.runtime)
     base_onnx = out / f"baseline{target.suffix}"
     example = data.example_input(1)
+    t0 = time.monotonic()
     target.export(model, example, base_onnx)
+    t_export = time.monotonic() - t0
     # the final step measures the baseline and the winner on val + test (PyTorch and the runtime):
     # measuring the baseline now costs nothing extra and tells how much time the end must keep
     t0 = time.monotonic()
     base_m = measure(model, data, "baseline", splits=("val", "test"), onnx_path=base_onnx, runtime=target.name)
-    deadline.reserve(final_reserve_s(time.monotonic() - t0, base_onnx, data, budget, quick))
+    t_measure = time.monotonic() - t0
+    deadline.t_measure_base = t_measure
+    deadline.reserve(final_reserve_s(t_measure, base_onnx, data, budget, quick))
+    # until a trial has been scored, guess its scoring tail from the baseline's: one validation pass
+    # (about a third of the measurement), an export, and the latency timing: no trial starts that
+    # could not be scored in time
+    deadline.saw_tail(t_export + 0.35 * t_measure + (REMEASURE_S[0 if quick else 1] if budget.needs_latency() else 0),
+                      guess=True)
     # the same figure when our evaluation runs on the whole validation split: do not pay twice
     base_acc = base_m.accuracy["val"] if evaluate is None and limit is None else val(model)
     base = {"accuracy": base_acc, "fp32_bytes": 4 * sum(p.numel() for p in model.parameters()),
