@@ -191,3 +191,13 @@ def test_dynamic_batch_is_never_silently_fixed_on_recurrent_models(tmp_path):
             assert "batch dimension is fixed" in str(e) or exporter == "dynamo"
             continue
         assert run(session(path), batch_of("lstm", 8)).shape == (8, 10)
+
+
+def test_dynamic_int8_export_of_an_hf_model_as_it_is(tmp_path):
+    from autocompress.export.qdq import export_quantized
+    from autocompress.quantize import DynamicInt8Config, quantize_
+
+    model, ids = build_real("distilbert_tiny")
+    q = quantize_(model, DynamicInt8Config())
+    path = export_quantized(q, batch_of("distilbert_tiny", 8, 3), tmp_path / "q.onnx")   # ORT parity inside
+    assert session(path).get_inputs()[0].type == "tensor(int64)"

@@ -31,6 +31,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.export.onnx import ExportError, ParityError, export_onnx, run, session
+from autocompress.outputs import pick_output
 from autocompress.quantize.fake_quant import QuantWrapper
 from autocompress.quantize.ptq import float_view, quant_report, wrappers_of
 
@@ -143,8 +144,7 @@ def _check_node(name: str, node: onnx.NodeProto, wname: str, transposed: bool) -
 
 
 def _bias_input(G: _Graph, node: onnx.NodeProto, b: np.ndarray | None, name: str = "") -> tuple | None:
-    """Where the bias enters: Conv/Gemm input 2, or the Add after a MatMul. None when there is none
-    or the exporter dropped an all-zero bias (fresh BN fold, new head): leaving it out is exact."""
+    """Where the bias enters (Conv/Gemm input 2, or the Add after a MatMul); None if none or all-zero."""
     if b is None or (not np.any(b) and not (node.op_type in ("Conv", "Gemm") and len(node.input) > 2)):
         return None
     if node.op_type in ("Conv", "Gemm"):
@@ -403,7 +403,7 @@ def verify_parity(model: torch.nn.Module, path: str | Path, inputs: torch.Tensor
     """Simulation vs runtime on ``inputs``: a wrong mapping shows up as large, widespread drift;
     rare one-step rounding differences (integer vs float accumulation) are tolerated."""
     with torch.no_grad():
-        ref = model(inputs).numpy()
+        ref = pick_output(model(inputs)).numpy()     # tensor, tuple or ModelOutput: its logits
     got = run(session(path), inputs)
     if got.shape != ref.shape:
         raise ParityError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")
