@@ -113,7 +113,10 @@ def _structured(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Modul
             break
         except StructuredPruneError as e:
             if i == len(attempts) - 1:
-                raise
+                # nothing in reach (e.g. only recurrent layers carry the MACs, and they are kept):
+                # the recipe's other steps still run; the trial's channel count says what happened
+                log.warning("structured pruning not applicable here (%s); channels kept", e)
+                return model
             # the sensitivity profile or the rounding spares some layers so much that the MAC
             # target is out of reach even at the largest ratio: try the next, looser setting
             log.info("%.0f%% of the MACs out of reach with %s, round_to=%s (%s); trying a looser setting",
