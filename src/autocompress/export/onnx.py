@@ -97,6 +97,11 @@ def _export(model: nn.Module, args: tuple, names: list[str], path: Path, kind: s
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
         if kind == "dynamo":
+            if dynamic_batch:
+                # torch.export specialises every size-1 dimension to the constant 1 (its "0/1
+                # specialisation"), so a batch-1 example gives a graph fixed at batch 1 for models
+                # whose batch dimension meets a reshape or attention; trace at batch 2 instead.
+                args = tuple(_at_batch_two(a) for a in args)
             batch = torch.export.Dim("batch", min=1, max=1 << 16)
             shapes = tuple({0: batch} for _ in args) if dynamic_batch else None
             prog = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes,
@@ -112,6 +117,12 @@ def _export(model: nn.Module, args: tuple, names: list[str], path: Path, kind: s
             torch.onnx.export(model, args, str(path), dynamo=False, dynamic_axes=axes,
                               input_names=names, output_names=outs,
                               opset_version=opset)
+
+
+def _at_batch_two(a):
+    if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1:
+        return a.expand(2, *a.shape[1:]).clone()
+    return a
 
 
 def onnx_bytes(path: str | Path) -> int:
