@@ -71,9 +71,7 @@ def test_every_combination_runs():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["residual_cnn", "depthwise_cnn", "concat_cnn", "mlp", "gru", pytest.param(
-    "transformer", marks=pytest.mark.xfail(reason="export/: even the unchanged model cannot be exported with a "
-                                                  "dynamic batch (dynamo fixes it, torchscript lacks an operator)"))])
+@pytest.mark.parametrize("name", ["residual_cnn", "depthwise_cnn", "concat_cnn", "mlp", "transformer", "gru"])
 def test_every_combination_runs_on_the_rest_of_the_zoo(name, tmp_path):
     assert _run_all(name, tmp_path) == []
 
