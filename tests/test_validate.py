@@ -119,3 +119,35 @@ def test_cli_run_with_labels_outside_the_model_exits_2_before_writing(tmp_path, 
         sys.modules.pop(name, None)
     assert "train: 20 of 20 labels (values [57])" in caplog.text
     assert called == [] and not (tmp_path / "out" / "run.yaml").exists()
+
+
+def test_cli_run_with_nan_weights_exits_2_naming_the_tensor(tmp_path, monkeypatch, caplog):
+    import sys
+    import uuid
+
+    from safetensors.torch import save_file
+
+    import autocompress.search as search
+
+    name = f"nanweights_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "import numpy as np, torch\nfrom torch import nn\n"
+        "def build():\n    return nn.Sequential(nn.Linear(16, 10))\n"
+        "def data():\n    rng = np.random.default_rng(0)\n"
+        "    x = lambda n: rng.random((n, 16), dtype=np.float32)\n"
+        "    y = lambda n: rng.integers(0, 10, n)\n"
+        "    return (x(20), y(20)), (x(8), y(8)), (x(8), y(8))\n")
+    state = nn.Sequential(nn.Linear(16, 10)).state_dict()
+    state["0.weight"][3, 4] = float("nan")
+    save_file(state, str(tmp_path / "w.safetensors"))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {name}:build\nweights: w.safetensors\ndata: {name}:data\nout_dir: out\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    called = []
+    monkeypatch.setattr(search, "compress", lambda *a, **k: called.append(1), raising=False)
+    try:
+        assert main(["-q", "run", str(cfg)]) == BAD_INPUT
+    finally:
+        sys.modules.pop(name, None)
+    assert "0.weight" in caplog.text and "nan" in caplog.text.lower()
+    assert called == [] and not (tmp_path / "out" / "run.yaml").exists()
