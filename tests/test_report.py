@@ -46,7 +46,9 @@ def test_before_after_table_shape_and_honesty():
     lines = t.splitlines()
     assert lines[0].startswith("|  | before (fp32) | after | change")
     body = "\n".join(lines[2:])
-    assert "57.5x smaller" in body            # 1724320 / 30000
+    # the deployed file's size leads: it is what ships; the storage artifact comes second
+    assert lines[2].startswith("| size (deployed") and lines[3].startswith("| size (storage artifact")
+    assert "57.5x smaller" in lines[3]        # 1724320 / 30000
     assert "batch 1" in body and "1.25x slower" in body   # 0.20 -> 0.25 ms: shown, not hidden
     assert "batch 64" in body and "4.00x faster" in body
     assert "accuracy (test, ONNX Runtime)" in body and "-0.10 points" in body
