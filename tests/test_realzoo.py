@@ -201,3 +201,73 @@ def test_dynamic_int8_export_of_an_hf_model_as_it_is(tmp_path):
     q = quantize_(model, DynamicInt8Config())
     path = export_quantized(q, batch_of("distilbert_tiny", 8, 3), tmp_path / "q.onnx")   # ORT parity inside
     assert session(path).get_inputs()[0].type == "tensor(int64)"
+
+
+def _hf_dict(name: str, n: int, seed: int) -> dict:
+    ids = batch_of(name, n, seed)
+    mask = torch.ones_like(ids)
+    mask[::2, -3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("name", HF_NAMES)
+def test_static_int8_on_hf_models_keeps_int64_ids_unobserved(name, tmp_path, caplog):
+    # token ids (and the attention mask) reach the model as they are: only the Linear layers'
+    # activations are calibrated; the QDQ graph keeps int64 inputs and matches the simulation on ORT
+    from autocompress.export.qdq import export_quantized
+    from autocompress.quantize import PTQConfig, quant_report, quantize_
+
+    model, _ = build_real(name)
+    calib = _hf_dict(name, 32, 3) if name == "bert_tiny" else batch_of(name, 32, 3)
+    with torch.no_grad():
+        ref = pick_output(model(**calib) if isinstance(calib, dict) else model(calib))
+    with caplog.at_level(logging.INFO, logger="autocompress.quantize.ptq"):
+        q = quantize_(model, PTQConfig(), calib)
+    assert "integer inputs" in caplog.text and "unobserved" in caplog.text
+    rep = quant_report(q)
+    static = [n for n, r in rep.layers.items() if r.mode == "static"]
+    assert len(static) >= 10 and all(isinstance(q.get_submodule(n).module, nn.Linear) for n in static)
+    assert any("Embedding" in why for why in rep.float_layers.values())
+    example = _hf_dict(name, 8, 5) if name == "bert_tiny" else batch_of(name, 8, 5)
+    path = export_quantized(q, example, tmp_path / "q.onnx")          # ORT parity with the simulation inside
+    sess = session(path)
+    assert {i.type for i in sess.get_inputs()} == {"tensor(int64)"}
+    assert len(sess.get_inputs()) == (2 if name == "bert_tiny" else 1)
+    ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    with torch.no_grad():     # quantized for real (not the float model), and close to it
+        sim = pick_output(q(**calib) if isinstance(calib, dict) else q(calib))
+    assert not torch.equal(sim, ref) and (sim - ref).abs().max() < 0.2 * ref.abs().max()
+
+
+def test_static_int8_calibrates_from_a_loader_of_dict_batches_with_labels():
+    from autocompress.quantize import PTQConfig, quantize_
+
+    model, _ = build_real("bert_tiny")
+    loader = [(_hf_dict("bert_tiny", 8, s), torch.arange(8) % 10) for s in range(3)]
+    q = quantize_(model, PTQConfig(num_calibration=20), loader)
+    x = _hf_dict("bert_tiny", 4, 9)
+    assert q(**x).logits.shape == (4, 10)
+
+
+@pytest.mark.parametrize("kind", ["structured", "unstructured"])
+def test_taylor_importance_with_dict_batches_and_modeloutput(kind):
+    # cross_entropy (the default loss) calls the model with keyword inputs and reads its logits
+    from autocompress.prune import PruneConfig, prune_
+    from autocompress.prune.importance import taylor_stats
+
+    model, ids = build_real("bert_tiny")
+    loader = [(_hf_dict("bert_tiny", 8, s), torch.arange(8) % 10) for s in range(2)]
+    params = {"classifier.weight": model.classifier.weight}
+    assert taylor_stats(model, params, loader, batches=2)["classifier.weight"].abs().sum() > 0
+    example = _hf_dict("bert_tiny", 2, 1)
+    if kind == "structured":
+        m0 = count_macs(model, example)
+        prune_channels_(model, StructuredPruneConfig(ratio=0.5, importance="taylor", taylor_batches=2),
+                        example, loader)
+        assert count_macs(model, example) < 0.6 * m0
+    else:
+        prune_(model, PruneConfig(sparsity=0.5, importance="taylor"), loader)
+        w = model.bert.encoder.layer[0].intermediate.dense.weight
+        assert 0.4 < float((w == 0).float().mean()) < 0.6
+    assert model(**example).logits.shape == (2, 10)

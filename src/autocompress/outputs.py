@@ -45,3 +45,11 @@ def pick_output(out: Any, key: str | None = DEFAULT_KEY) -> torch.Tensor:
             except OutputError:
                 continue
     raise OutputError(f"model output of type {type(out).__name__} holds no tensor")
+
+
+def call_model(model: Any, x: Any) -> Any:
+    """``model(**x)`` for a dict of keyword inputs (``input_ids``, ``attention_mask``), ``model(*x)``
+    for a tuple / list of positional tensors, else ``model(x)``: a batch as models take it."""
+    if isinstance(x, Mapping):
+        return model(**x)
+    return model(*x) if isinstance(x, (tuple, list)) else model(x)

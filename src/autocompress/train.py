@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from autocompress.config import Config, ConfigError
+from autocompress.outputs import call_model, pick_output
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class TrainConfig(Config):
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
+    """Cross-entropy of the model's logits; ``x`` may be a dict of keyword inputs (token ids +
+    attention mask) and the output a tuple or ModelOutput."""
+    return F.cross_entropy(pick_output(call_model(model, x)), y)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

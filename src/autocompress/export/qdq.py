@@ -31,7 +31,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.export.onnx import ExportError, ParityError, export_onnx, run, session
-from autocompress.outputs import pick_output
+from autocompress.outputs import call_model, pick_output
 from autocompress.quantize.fake_quant import QuantWrapper
 from autocompress.quantize.ptq import float_view, quant_report, wrappers_of
 
@@ -403,7 +403,7 @@ def verify_parity(model: torch.nn.Module, path: str | Path, inputs: torch.Tensor
     """Simulation vs runtime on ``inputs``: a wrong mapping shows up as large, widespread drift;
     rare one-step rounding differences (integer vs float accumulation) are tolerated."""
     with torch.no_grad():
-        ref = pick_output(model(inputs)).numpy()     # tensor, tuple or ModelOutput: its logits
+        ref = pick_output(call_model(model, inputs)).numpy()     # tensor, tuple or ModelOutput: its logits
     got = run(session(path), inputs)
     if got.shape != ref.shape:
         raise ParityError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")

@@ -12,18 +12,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autocompress.outputs import pick_output
+from autocompress.outputs import call_model, pick_output
 from autocompress.prune.families import head_ratio_for, opaque_rnns
 from autocompress.prune.heads import PrunedMultiheadAttention
 
 log = logging.getLogger("autocompress.prune.structured")   # one logger for the whole verb
 
 
-def call(model: nn.Module, x):
-    """``model(x)``, ``model(*x)`` for a tuple or ``model(**x)`` for a dict of keyword inputs."""
-    if isinstance(x, dict):
-        return model(**x)
-    return model(*x) if isinstance(x, (tuple, list)) else model(x)
+call = call_model   # model(x), model(*x) for a tuple, model(**x) for a dict of keyword inputs
 
 class StructuredPruneError(RuntimeError):
     """Surgery failed or changed the model's output; the model was restored and the message names

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from autocompress.config import Config, ConfigError
+from autocompress.outputs import call_model, pick_output
 from autocompress.quantize.ptq import (PTQConfig, apply_static, calibration_batches, prepare,
                                        run_calibration, wrappers_of, _check_shape)
 
@@ -92,7 +93,7 @@ def _set(model: nn.Module, cfg: MixedPrecisionConfig, levels: dict[str, int]) ->
 
 @torch.no_grad()
 def _output_error(model: nn.Module, x: torch.Tensor, ref: torch.Tensor) -> float:
-    return float(((model(x) - ref) ** 2).mean())
+    return float(((pick_output(call_model(model, x)) - ref) ** 2).mean())
 
 
 def mixed_precision_(model: nn.Module, config: MixedPrecisionConfig, calibration_data: Any,
@@ -111,7 +112,7 @@ def mixed_precision_(model: nn.Module, config: MixedPrecisionConfig, calibration
     reference = evaluate(model)
     x = batches[0]
     with torch.no_grad():
-        ref_out = model(x)
+        ref_out = pick_output(call_model(model, x))
     sens: dict[str, float] = {}
     for n in names:     # only this layer quantized, everything else float
         apply_static(model, cfg.ptq, {m: (low if m == n else None) for m in names})

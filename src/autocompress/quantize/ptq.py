@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 from autocompress.config import Config, ConfigError
+from autocompress.outputs import call_model
+from autocompress.quantize.calibdata import Batch, calibration_batches, describe, has_integer_inputs
+from autocompress.quantize.calibdata import check_shape as _check_shape
 from autocompress.quantize.fake_quant import SUPPORTED, QuantWrapper, WeightQuantizer
 from autocompress.quantize.graph import fold_batchnorm, plan
 from autocompress.quantize.observers import Calibration, CalibrationError
@@ -105,49 +108,8 @@ class Fp16Config(Config):
 
 # -- calibration data ----------------------------------------------------------------------------
 
-def calibration_batches(data: Any, limit: int, batch_size: int) -> list[torch.Tensor]:
-    """Accept a tensor (N, ...), a Dataset/DataLoader/iterable of tensors or (x, y) pairs;
-    return at most ``limit`` samples as float batches, with clear errors for bad data."""
-    if data is None:
-        raise CalibrationError("calibration data is required (a few hundred real samples)")
-    if isinstance(data, torch.Tensor):
-        items: Iterable = data.split(batch_size)
-    elif isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        items = torch.utils.data.DataLoader(data, batch_size=batch_size)
-    else:
-        items = data
-    out, n = [], 0
-    for b in items:
-        x = b[0] if isinstance(b, (tuple, list)) else b
-        if not isinstance(x, torch.Tensor):
-            raise CalibrationError(f"calibration data must yield tensors, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise CalibrationError(f"calibration inputs must be floating point, got {x.dtype} "
-                                   "(convert images to float, e.g. x.float() / 255)")
-        if not torch.isfinite(x).all():
-            raise CalibrationError("calibration inputs contain NaN or Inf")
-        if out and x.shape[1:] != out[0].shape[1:]:
-            raise CalibrationError(f"calibration batches disagree on shape: {tuple(out[0].shape[1:])} "
-                                   f"then {tuple(x.shape[1:])}")
-        x = x[: limit - n].float()
-        out.append(x)
-        n += x.shape[0]
-        if n >= limit:
-            break
-    if n == 0:
-        raise CalibrationError("the calibration set is empty: quantization needs real samples")
-    return out
-
-
-def _check_shape(model: nn.Module, x: torch.Tensor) -> None:
-    want = getattr(model, "input_shape", None)
-    if want is not None and tuple(x.shape[1:]) != tuple(want):
-        raise CalibrationError(f"calibration inputs have shape {tuple(x.shape)}, but "
-                               f"{type(model).__name__} expects (N, {', '.join(map(str, want))})")
-
-
 @torch.no_grad()
-def run_calibration(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def run_calibration(model: nn.Module, batches: list[Batch]) -> None:
     """Observe every wrapper's input/output on the float model (all wrappers in fp32 mode)."""
     wrappers = wrappers_of(model)
     modes = {n: w.mode for n, w in wrappers.items()}
@@ -158,10 +120,14 @@ def run_calibration(model: nn.Module, batches: list[torch.Tensor]) -> None:
     try:
         for x in batches:
             try:
-                model(x)
-            except (RuntimeError, ValueError) as e:
-                raise CalibrationError(f"the model rejects calibration inputs of shape {tuple(x.shape)} "
-                                       f"(dtype {x.dtype}): {str(e).splitlines()[0]}") from None
+                call_model(model, x)
+            except CalibrationError:
+                raise
+            except (RuntimeError, ValueError, TypeError) as e:
+                hint = (" (integer inputs reach the model as they are, for token ids; images must be "
+                        "floating point, e.g. x.float() / 255)") if has_integer_inputs(x) else ""
+                raise CalibrationError(f"the model rejects calibration inputs {describe(x)}: "
+                                       f"{str(e).splitlines()[0]}{hint}") from None
     finally:
         for n, w in wrappers.items():
             w.observing(False)
@@ -330,6 +296,12 @@ def _ptq(model: nn.Module, cfg: PTQConfig, data: Any) -> nn.Module:
     for w in wrappers_of(model).values():
         w.reason = f"static w{cfg.weight_bits}a{cfg.act_bits}, {cfg.calibration} calibration"
     apply_static(model, cfg, {})
+    if has_integer_inputs(batches[0]):     # token ids: only the layers after the embedding see activations
+        kept = model._autocompress_quant["float_layers"]
+        log.info("%s takes integer inputs (%s): they reach the model unobserved; %d Linear/Conv layers "
+                 "quantized static int8 on calibrated activations, %d kept float32 (embeddings, "
+                 "LayerNorm; attention softmax and GELU stay float too)", type(model).__name__,
+                 describe(batches[0]), sum(w.mode == "static" for w in wrappers_of(model).values()), len(kept))
     return model
 
 
