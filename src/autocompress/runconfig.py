@@ -24,7 +24,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable
 
 from torch import nn
 
@@ -34,8 +34,17 @@ from autocompress.search.budget import Budget
 
 log = logging.getLogger(__name__)
 
-Technique = Literal["prune", "structured", "quantize", "cluster", "factorize", "distill"]
-TECHNIQUES: tuple[str, ...] = get_args(Technique)
+
+
+def _technique_names() -> tuple[str, ...]:
+    from autocompress.search.techniques import names
+    return names()
+
+
+def __getattr__(name: str):
+    if name == "TECHNIQUES":   # the technique registry's names (search/techniques.py)
+        return _technique_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -47,7 +56,7 @@ class RunConfig(Config):
     weights: str | None = None
     metric: str | None = None            # 'module:function': evaluate(model, loader) -> float
     budget: Budget = field(default_factory=Budget)
-    techniques: list[Technique] = field(default_factory=lambda: list(TECHNIQUES))
+    techniques: list[str] = field(default_factory=lambda: list(_technique_names()))
     out_dir: str = "out/run"
     seed: int = 0
     workers: int = 1
@@ -58,8 +67,12 @@ class RunConfig(Config):
         for name in ("model", "data", "out_dir"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"RunConfig.{name} must not be empty")
+        known = _technique_names()
         if not self.techniques:
-            raise ConfigError(f"RunConfig.techniques must list at least one of {list(TECHNIQUES)}")
+            raise ConfigError(f"RunConfig.techniques must list at least one of {list(known)}")
+        for i, t in enumerate(self.techniques):
+            if t not in known:
+                raise ConfigError(f"RunConfig.techniques[{i}]: {t!r} is not one of {list(known)}")
         dup = sorted({t for t in self.techniques if self.techniques.count(t) > 1})
         if dup:
             raise ConfigError(f"RunConfig.techniques lists {dup} more than once")

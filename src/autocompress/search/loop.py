@@ -34,7 +34,14 @@ from autocompress.train import evaluate as _evaluate
 
 log = logging.getLogger(__name__)
 
-TECHNIQUES = ("prune", "structured", "quantize", "cluster", "factorize", "distill")
+
+
+def __getattr__(name: str):
+    if name == "TECHNIQUES":   # the registry's names (search/techniques.py), registered ones included
+        from autocompress.search.techniques import names
+        return names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 STUDY = "autocompress"
 
 
@@ -76,7 +83,7 @@ class _Shared:
 
 @safefs.holds_out_dir()   # one run per out_dir at a time
 def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
-             techniques: Sequence[str] = TECHNIQUES, out_dir: str | Path = "runs/compress",
+             techniques: Sequence[str] | None = None, out_dir: str | Path = "runs/compress",
              evaluate: Callable | None = None, finetune: Callable | None = None,
              storage: str | None = None, seed: int = 0, workers: int = 1, resume: bool = False,
              quick: bool = False, seeds: Iterable[Recipe] | None = None, title: str | None = None,
@@ -96,9 +103,11 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     import optuna
 
     budget = budget or Budget()
-    unknown = sorted(set(techniques) - set(TECHNIQUES))
+    from autocompress.search.techniques import names
+    techniques = names() if techniques is None else techniques
+    unknown = sorted(set(techniques) - set(names()))
     if unknown:
-        raise ValueError(f"unknown technique(s) {unknown}; choose from {list(TECHNIQUES)}")
+        raise ValueError(f"unknown technique(s) {unknown}; choose from {list(names())}")
     out = safefs.make_dir(out_dir)
     safefs.refuse_planted_links(out)      # an out_dir someone prepared cannot redirect our writes
     t_start = time.time()
@@ -320,7 +329,7 @@ def _worker_main(shared: _Shared, url: str, seed: int, n_trials: int | None, dea
 
 
 def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str, *,
-               techniques: Sequence[str] = TECHNIQUES, n_trials: int | None = None,
+               techniques: Sequence[str] | None = None, n_trials: int | None = None,
                timeout: float | None = None, seed: int = 0, **kwargs) -> None:
     """Run trials for a study that another machine created (same ``storage`` URL and
     ``study_name``); accepts compress()'s ``budget``, ``evaluate``, ``finetune``, ``quick``."""
@@ -328,6 +337,9 @@ def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str
     out.mkdir(parents=True, exist_ok=True)
     budget = kwargs.pop("budget", None) or Budget.from_yaml(out / "budget.yaml")
     deadline = Deadline(timeout)
+    if techniques is None:
+        from autocompress.search.techniques import names
+        techniques = names()
     shared = _prepare(model, data, budget, tuple(techniques), out, kwargs.get("evaluate"),
                       kwargs.get("finetune"), seed, kwargs.get("quick", False), kwargs.get("model_factory"),
                       deadline)

@@ -7,7 +7,7 @@ architecture (the next sprint's model) without searching again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from autocompress.config import Config, ConfigError
 
@@ -42,6 +42,8 @@ class Recipe(Config):
     distill: bool = True
     finetune_epochs: float = 1.0
     lr: float = 1e-3
+    # parameters of techniques registered outside this package (search/techniques.py), by name
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not 0.0 <= self.structured_ratio < 1.0:
@@ -86,6 +88,7 @@ class Recipe(Config):
             parts.append(f"QAT w{self.weight_bits}a{self.act_bits}")
         elif self.quant == "mixed":
             parts.append(f"mixed precision (w{self.weight_bits}/w8/fp32)")
+        parts += [f"{k}={v}" for k, v in self.options.items() if v]
         if self.distill and (parts and not self.is_post_training):
             parts.append("distilled")
         return ", ".join(parts) or "fp32 (no change)"

@@ -11,73 +11,67 @@ from typing import Sequence
 from autocompress.search.budget import Budget
 from autocompress.search.recipe import Recipe
 
-# parameter -> (technique that enables it, choices, value when the technique is off)
-CHOICES: dict[str, tuple[str | None, list, object]] = {
-    "structured_ratio": ("structured", [0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9], 0.0),
-    "round_to": ("structured", [1, 8, 16], 8),
-    "rank_energy": ("factorize", [1.0, 0.99, 0.97, 0.95, 0.9], 1.0),
-    "sparsity": ("prune", [0.0, 0.5, 0.7, 0.8, 0.9, 0.92, 0.94, 0.96, 0.97], 0.0),
-    "cluster_bits": ("cluster", [0, 3, 4, 5, 6], 0),
-    "quant": ("quantize", ["none", "int8", "mixed", "qat"], "none"),
-    "weight_bits": ("quantize", [2, 4, 8], 8),
-    "distill": ("distill", [True, False], False),
-    "finetune_epochs": (None, [0.5, 1.0, 2.0, 4.0, 8.0], 1.0),
-}
+from autocompress.search import techniques as _tech
+
+
+def choices() -> dict[str, tuple[str | None, list, object]]:
+    """parameter -> (technique that enables it, choices, value when the technique is off), from
+    the technique registry (then the parameters every recipe has)."""
+    out = {c.name: (t.name, list(c.values), c.off) for t in _tech.all_techniques() for c in t.choices}
+    return out | {c.name: (None, list(c.values), c.off) for c in _tech.COMMON}
+
+
+def __getattr__(name: str):
+    if name == "CHOICES":   # computed on each access: techniques may be registered after import
+        return choices()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def useful(budget: Budget, techniques: Sequence[str]) -> tuple[str, ...]:
-    """The techniques that can serve this budget. ONNX Runtime runs sparse and clustered weights
-    densely, so they cannot make a model faster; physically removed channels are a poor way to
-    make it small next to sparsity + clustering. A budget with both a size and a speed target
-    keeps everything."""
+    """The techniques that can serve this budget (each declares the kinds it serves: ONNX Runtime
+    runs sparse and clustered weights densely, so they cannot make a model faster; physically
+    removed channels are a poor way to make it small next to sparsity + clustering). A budget
+    with both a size and a speed target, or neither, keeps everything."""
     size = budget.min_size_ratio is not None or budget.max_size_bytes is not None or budget.objective == "smallest"
     speed = budget.min_speedup is not None or budget.max_latency_ms is not None or budget.objective == "fastest"
-    drop = set()
-    if speed and not size:
-        drop |= {"prune", "cluster"}
-    if size and not speed:
-        drop |= {"structured"}
-    return tuple(t for t in techniques if t not in drop)
+    if size == speed:
+        return tuple(techniques)
+    kind = "size" if size else "speed"
+    return tuple(t for t in techniques if kind in _tech.get(t).serves)
 
 
 def sample(trial, budget: Budget, techniques: Sequence[str]) -> Recipe:
     p = {}
     techniques = useful(budget, techniques)
-    for name, (tech, choices, off) in CHOICES.items():
+    for name, (tech, values, off) in choices().items():
         if tech is None or tech in techniques:
-            p[name] = trial.suggest_categorical(name, choices)
+            p[name] = trial.suggest_categorical(name, values)
         else:
             p[name] = off
     return from_params(p)
 
 
 def from_params(p: dict) -> Recipe:
-    return Recipe(
-        structured_ratio=float(p.get("structured_ratio", 0.0)),
-        round_to=int(p.get("round_to", 8)),
-        rank_energy=None if float(p.get("rank_energy", 1.0)) >= 1.0 else float(p["rank_energy"]),
-        sparsity=float(p.get("sparsity", 0.0)),
-        cluster_bits=int(p.get("cluster_bits", 0)) or None,
-        quant=p.get("quant", "none"),
-        weight_bits=int(p.get("weight_bits", 8)) if p.get("quant") in ("qat", "mixed") else 8,
-        distill=bool(p.get("distill", False)),
-        finetune_epochs=float(p.get("finetune_epochs", 1.0)),
-    )
+    kwargs: dict = {"options": {}}
+    for t in _tech.all_techniques():
+        kw = t.recipe_kwargs(p)
+        kwargs["options"].update(kw.pop("options", {}))
+        kwargs.update(kw)
+    kwargs["finetune_epochs"] = float(p.get("finetune_epochs", 1.0))
+    return Recipe(**kwargs)
 
 
 def to_params(r: Recipe, techniques: Sequence[str]) -> dict:
     """Inverse of :func:`from_params`, for enqueueing seed recipes (values snapped to the grid)."""
-    raw = {
-        "structured_ratio": r.structured_ratio, "round_to": r.round_to, "rank_energy": r.rank_energy or 1.0,
-        "sparsity": r.sparsity, "cluster_bits": r.cluster_bits or 0, "quant": r.quant,
-        "weight_bits": r.weight_bits, "distill": r.distill, "finetune_epochs": r.finetune_epochs,
-    }
+    raw = {"finetune_epochs": r.finetune_epochs}
+    for t in _tech.all_techniques():
+        raw |= t.raw_params(r)
     out = {}
-    for name, (tech, choices, _off) in CHOICES.items():
+    for name, (tech, values, _off) in choices().items():
         if tech is None or tech in techniques:
             v = raw[name]
-            out[name] = v if v in choices else min(
-                choices, key=lambda c: abs(float(c) - float(v)) if not isinstance(c, str) else 1)
+            out[name] = v if v in values else min(
+                values, key=lambda c: abs(float(c) - float(v)) if not isinstance(c, str) else 1)
     return out
 
 

@@ -185,20 +185,22 @@ def _quantize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
                 finetune=lambda m: train(m, recipe, ctx, _share(recipe, _quantize), desc="QAT"))
 
 
-# (recipe switches the step on, step, its weight in the fine-tuning budget), in the order they run
-STEPS: list[tuple[Callable[[Recipe], bool], Callable, float]] = [
-    (lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), _structured, 0.5),
-    (lambda r: r.rank_energy is not None, _factorize, 0.3),
-    (lambda r: r.sparsity > 0, _sparsify, 0.6),
-    (lambda r: r.cluster_bits is not None, _cluster, 0.15),
-    (lambda r: r.quant == "qat", _quantize, 0.4),        # int8 PTQ trains nothing: no share
-    (lambda r: r.quant in ("int8", "mixed"), _quantize, 0.0),
-]
+def _steps() -> list[tuple[Callable[[Recipe], bool], Callable, float]]:
+    """(recipe switches the step on, step, its weight in the fine-tuning budget), in the order
+    they run: from the technique registry (search/techniques.py), which names this module's steps."""
+    from autocompress.search.techniques import all_steps
+    return [(s.on, s.run, s.share) for s in all_steps()]
+
+
+def __getattr__(name: str):
+    if name == "STEPS":   # computed on each access: techniques may be registered after import
+        return _steps()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _share(recipe: Recipe, step: Callable) -> float:
     """This step's part of the recipe's fine-tuning epochs (shares of the active steps sum to 1)."""
-    active = [(fn, w) for on, fn, w in STEPS if on(recipe)]
+    active = [(fn, w) for on, fn, w in _steps() if on(recipe)]
     total = sum(w for _, w in active)
     mine = sum(w for fn, w in active if fn is step)
     return recipe.finetune_epochs * mine / total if total > 0 else 0.0
@@ -237,7 +239,7 @@ def _allocate(sens: dict | None, target: float) -> dict[str, float]:
 
 def apply_recipe_steps(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
     torch.manual_seed(ctx.seed)
-    for on, step, _ in STEPS:
+    for on, step, _ in _steps():
         if on(recipe):
             model = step(model, recipe, ctx)
     return model.eval()

@@ -1,0 +1,165 @@
+"""The technique registry: the one list of what the search can combine.
+
+Each technique is declared once, here or by a caller's ``register``: its name, the recipe fields
+it owns, its search choices (with their value when the technique is off), the budget kinds it
+serves (a smaller and/or a faster model), and its steps (when the recipe switches each on, the
+function that applies it, its weight in the fine-tuning epochs). The search space
+(``space.CHOICES`` / ``useful``), the trial's steps (``steps.STEPS``), the search's allowed names
+(``loop.TECHNIQUES``) and the run config's validation all read this registry.
+
+A technique registered from outside owns no ``Recipe`` field: its parameters travel in
+``Recipe.options`` under their own names, so adding one touches no other file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from autocompress.search import steps as _s
+from autocompress.search.recipe import Recipe
+
+KINDS = ("size", "speed")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One search parameter: its Optuna name, its values, and its value when not searched."""
+    name: str
+    values: tuple
+    off: Any
+
+
+@dataclass(frozen=True)
+class Step:
+    """Applied in a trial when ``on(recipe)``; ``share`` is its weight in the fine-tuning epochs."""
+    on: Callable[[Recipe], bool]
+    run: Callable      # (model, recipe, ctx) -> model
+    share: float = 0.0
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    choices: tuple[Choice, ...] = ()
+    serves: frozenset[str] = frozenset(KINDS)
+    steps: tuple[Step, ...] = ()
+    fields: tuple[str, ...] = ()        # the Recipe fields it owns (none: it lives in Recipe.options)
+    # sampled parameters -> Recipe keyword arguments, and back (for seeding); None: Recipe.options
+    to_recipe: Callable[[dict], dict] | None = field(default=None, compare=False)
+    from_recipe: Callable[[Recipe], dict] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.isidentifier():
+            raise ValueError(f"technique name must be an identifier, got {self.name!r}")
+        bad = sorted(set(self.serves) - set(KINDS))
+        if bad or not self.serves:
+            raise ValueError(f"technique {self.name!r}: serves must be a non-empty subset of {KINDS}, got {bad}")
+        for c in self.choices:
+            if not c.values:
+                raise ValueError(f"technique {self.name!r}: choice {c.name!r} has no values")
+
+    def recipe_kwargs(self, p: dict) -> dict:
+        if self.to_recipe is not None:
+            return self.to_recipe(p)
+        return {"options": {c.name: p.get(c.name, c.off) for c in self.choices}}
+
+    def raw_params(self, r: Recipe) -> dict:
+        if self.from_recipe is not None:
+            return self.from_recipe(r)
+        return {c.name: r.options.get(c.name, c.off) for c in self.choices}
+
+
+_REGISTRY: dict[str, Technique] = {}
+
+
+def register(t: Technique, replace: bool = False) -> Technique:
+    """Add a technique; its steps run after those registered before it."""
+    if t.name in _REGISTRY and not replace:
+        raise ValueError(f"technique {t.name!r} is already registered")
+    taken = {c.name: o.name for o in _REGISTRY.values() if o.name != t.name for c in o.choices}
+    taken |= {c.name: "the search" for c in COMMON}
+    for c in t.choices:
+        if c.name in taken:
+            raise ValueError(f"technique {t.name!r}: parameter {c.name!r} already belongs to {taken[c.name]}")
+    _REGISTRY[t.name] = t
+    return t
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Technique:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown technique {name!r}; choose from {list(_REGISTRY)}") from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def all_techniques() -> tuple[Technique, ...]:
+    return tuple(_REGISTRY.values())
+
+
+def all_steps() -> list[Step]:
+    return [s for t in _REGISTRY.values() for s in t.steps]
+
+
+# searched whatever the techniques: the fine-tuning epochs the active steps share
+COMMON = (Choice("finetune_epochs", (0.5, 1.0, 2.0, 4.0, 8.0), 1.0),)
+
+
+# -- the built-in techniques, in the order their steps run --------------------------------------------
+
+register(Technique(
+    "structured", serves=frozenset({"speed"}), fields=("structured_ratio", "layer_ratios", "round_to"),
+    choices=(Choice("structured_ratio", (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9), 0.0),
+             Choice("round_to", (1, 8, 16), 8)),
+    steps=(Step(lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), _s._structured, 0.5),),
+    to_recipe=lambda p: dict(structured_ratio=float(p.get("structured_ratio", 0.0)),
+                             round_to=int(p.get("round_to", 8))),
+    from_recipe=lambda r: dict(structured_ratio=r.structured_ratio, round_to=r.round_to)))
+
+register(Technique(
+    "factorize", fields=("rank_energy",),
+    choices=(Choice("rank_energy", (1.0, 0.99, 0.97, 0.95, 0.9), 1.0),),
+    steps=(Step(lambda r: r.rank_energy is not None, _s._factorize, 0.3),),
+    to_recipe=lambda p: dict(rank_energy=None if float(p.get("rank_energy", 1.0)) >= 1.0
+                             else float(p["rank_energy"])),
+    from_recipe=lambda r: dict(rank_energy=r.rank_energy or 1.0)))
+
+# ONNX Runtime runs sparse and clustered weights densely: they make a model small, not fast
+register(Technique(
+    "prune", serves=frozenset({"size"}), fields=("sparsity",),
+    choices=(Choice("sparsity", (0.0, 0.5, 0.7, 0.8, 0.9, 0.92, 0.94, 0.96, 0.97), 0.0),),
+    steps=(Step(lambda r: r.sparsity > 0, _s._sparsify, 0.6),),
+    to_recipe=lambda p: dict(sparsity=float(p.get("sparsity", 0.0))),
+    from_recipe=lambda r: dict(sparsity=r.sparsity)))
+
+register(Technique(
+    "cluster", serves=frozenset({"size"}), fields=("cluster_bits",),
+    choices=(Choice("cluster_bits", (0, 3, 4, 5, 6), 0),),
+    steps=(Step(lambda r: r.cluster_bits is not None, _s._cluster, 0.15),),
+    to_recipe=lambda p: dict(cluster_bits=int(p.get("cluster_bits", 0)) or None),
+    from_recipe=lambda r: dict(cluster_bits=r.cluster_bits or 0)))
+
+register(Technique(
+    "quantize", fields=("quant", "weight_bits", "act_bits"),
+    choices=(Choice("quant", ("none", "int8", "mixed", "qat"), "none"),
+             Choice("weight_bits", (2, 4, 8), 8)),
+    steps=(Step(lambda r: r.quant == "qat", _s._quantize, 0.4),
+           Step(lambda r: r.quant in ("int8", "mixed"), _s._quantize, 0.0)),   # PTQ trains nothing
+    to_recipe=lambda p: dict(quant=p.get("quant", "none"),
+                             weight_bits=int(p.get("weight_bits", 8)) if p.get("quant") in ("qat", "mixed") else 8),
+    from_recipe=lambda r: dict(quant=r.quant, weight_bits=r.weight_bits)))
+
+# no step of its own: it changes every step's fine-tuning loss (steps.loss_for)
+register(Technique(
+    "distill", fields=("distill",),
+    choices=(Choice("distill", (True, False), False),),
+    to_recipe=lambda p: dict(distill=bool(p.get("distill", False))),
+    from_recipe=lambda r: dict(distill=r.distill)))

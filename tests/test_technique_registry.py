@@ -1,0 +1,79 @@
+"""A technique is declared once (search/techniques.py): registering one from outside the package
+puts it in the search space, the allowed names and the trial's steps, with no other file changed."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from autocompress.data import Splits, load_mnist
+from autocompress.runconfig import RunConfig
+from autocompress.search import Budget, Recipe, compress
+from autocompress.search import loop, space, steps
+from autocompress.search import techniques as tech
+
+GRID = 1 / 64
+
+
+def _round_to_grid(model: nn.Module, recipe: Recipe, ctx) -> nn.Module:
+    """The toy technique: every Linear weight rounded to a multiple of ``grid``."""
+    g = recipe.options["grid"]
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.round(m.weight / g) * g)
+    return model
+
+
+@pytest.fixture
+def grid_technique():
+    t = tech.register(tech.Technique(
+        "grid", choices=(tech.Choice("grid", (0.0, GRID), 0.0),), serves=frozenset({"size"}),
+        steps=(tech.Step(lambda r: r.options.get("grid", 0.0) > 0, _round_to_grid, 0.0),)))
+    yield t
+    tech.unregister("grid")
+
+
+def test_registered_technique_is_in_the_space_and_the_allowed_names(grid_technique):
+    assert space.CHOICES["grid"] == ("grid", [0.0, GRID], 0.0)
+    assert "grid" in loop.TECHNIQUES
+    assert RunConfig(model="m", data="d", techniques=["grid", "prune"]).techniques == ["grid", "prune"]
+    assert _round_to_grid in [fn for _, fn, _ in steps.STEPS]
+    # it serves size budgets only, so a speed budget leaves it out
+    assert "grid" in space.useful(Budget(min_size_ratio=4), ["grid", "quantize"])
+    assert "grid" not in space.useful(Budget(min_speedup=2, objective="fastest"), ["grid", "quantize"])
+    r = space.sample(optuna.trial.FixedTrial({"grid": GRID, "finetune_epochs": 1.0}), Budget(), ["grid"])
+    assert r.options == {"grid": GRID} and r.quant == "none" and r.sparsity == 0.0
+    assert space.to_params(r, ["grid"]) == {"grid": GRID, "finetune_epochs": 1.0}
+    assert Recipe.from_yaml(r.to_yaml()) == r and "grid=" in r.describe()
+
+
+def test_registry_rejects_a_clash_and_runconfig_an_unknown_name(grid_technique):
+    with pytest.raises(ValueError, match="already registered"):
+        tech.register(grid_technique)
+    with pytest.raises(ValueError, match="'sparsity' already belongs to prune"):
+        tech.register(tech.Technique("other", choices=(tech.Choice("sparsity", (0.1,), 0.0),)))
+    tech.unregister("grid")
+    with pytest.raises(ValueError, match=r"techniques\[0\].*'grid'"):
+        RunConfig(model="m", data="d", techniques=["grid"])
+
+
+def test_compress_runs_a_registered_technique_in_a_trial(grid_technique, tmp_path):
+    full = load_mnist(flat=True)
+    data = Splits(Subset(full.train, range(1000)), Subset(full.val, range(500)),
+                  Subset(full.test, range(500)), full.input_shape, 10)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    budget = Budget(max_drop=100.0, max_trials=1, time_limit_s=120)
+    res = compress(model, data, budget, techniques=["grid"], out_dir=tmp_path, quick=True,
+                   seeds=[Recipe(options={"grid": GRID}, finetune_epochs=0.5)])
+    assert [t.state for t in res.trials] == ["complete"], [t.note for t in res.trials]
+    assert res.recipe.options == {"grid": GRID}
+    assert Recipe.from_yaml(tmp_path / "recipe.yaml").options == {"grid": GRID}
+    for m in res.model.modules():
+        if isinstance(m, nn.Linear):
+            q = m.weight.detach() / GRID
+            assert torch.allclose(q, torch.round(q), atol=1e-3)
