@@ -77,3 +77,8 @@ def test_compress_runs_a_registered_technique_in_a_trial(grid_technique, tmp_pat
         if isinstance(m, nn.Linear):
             q = m.weight.detach() / GRID
             assert torch.allclose(q, torch.round(q), atol=1e-3)
+
+
+def test_replaying_options_of_an_unregistered_technique_names_them():
+    with pytest.raises(ValueError, match=r"Recipe.options \['grid'\]: no registered technique"):
+        tech.check_options(Recipe(options={"grid": GRID}))

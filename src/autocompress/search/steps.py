@@ -238,6 +238,8 @@ def _allocate(sens: dict | None, target: float) -> dict[str, float]:
 
 
 def apply_recipe_steps(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
+    from autocompress.search.techniques import check_options
+    check_options(recipe)
     torch.manual_seed(ctx.seed)
     for on, step, _ in _steps():
         if on(recipe):

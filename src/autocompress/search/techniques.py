@@ -109,6 +109,16 @@ def all_steps() -> list[Step]:
     return [s for t in _REGISTRY.values() for s in t.steps]
 
 
+def check_options(r: Recipe) -> None:
+    """A recipe's ``options`` must belong to registered techniques: one whose module was not
+    imported (and so not registered) would otherwise be skipped without a word on replay."""
+    known = {c.name for t in _REGISTRY.values() if t.to_recipe is None for c in t.choices}
+    unknown = sorted(set(r.options) - known)
+    if unknown:
+        raise ValueError(f"Recipe.options {unknown}: no registered technique owns them; import the "
+                         f"module that registers it first (registered: {list(_REGISTRY)})")
+
+
 # searched whatever the techniques: the fine-tuning epochs the active steps share
 COMMON = (Choice("finetune_epochs", (0.5, 1.0, 2.0, 4.0, 8.0), 1.0),)
 
