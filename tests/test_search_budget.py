@@ -162,3 +162,36 @@ def test_deadline_keeps_the_reserve_and_learns_the_tail():
     d.start -= 100 - d.reserve_s - 4.0             # 4 s of search left, less than a tail
     assert d.expired() and d.search_remaining() > 0
     assert not Deadline(None).expired() and Deadline(None).remaining() == float("inf")
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_sensitivity_share_leaves_a_smoke_run_time_for_trials(quick, tmp_path, monkeypatch, caplog):
+    """A quick (smoke) run gives sensitivity a small slice of its limit, so two minutes on a loaded
+    machine still hold a trial; running over that slice is expected there (info), not alarming."""
+    import logging
+
+    import autocompress.prune as prune_mod
+    from torch.utils.data import TensorDataset
+
+    from autocompress.search.deadline import Deadline
+    from autocompress.search.steps import TrialContext, measure_sensitivity
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    ds = TensorDataset(x, y)
+    data = Splits(ds, ds, ds, (8,), 3)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    ctx = TrialContext(data=data, teacher=model, example=x[:1], evaluate=lambda m: 0.0, finetune=None, seed=0,
+                       quick=quick, work_dir=tmp_path, budget=Budget(), deadline=Deadline(120))
+    phases = []
+
+    def over_time(model, evaluate, *, stop, **kw):
+        phases.append(stop.__self__.limit_s)     # the phase deadline sensitivity was handed
+        raise TimeoutError("sensitivity: time allowed ran out after 0 layer(s)")
+    monkeypatch.setattr(prune_mod, "sensitivity", over_time)
+    with caplog.at_level(logging.INFO, logger="autocompress.search.steps"):
+        assert measure_sensitivity(model, ctx, ("prune",)) == {}
+    assert len(phases) == 1
+    assert phases[0] <= (0.05 if quick else 0.2) * 120 + 1e-6
+    if quick:
+        assert phases[0] <= 0.1 * 120       # not a fifth of a smoke run's two minutes
+    levels = {r.levelno for r in caplog.records if "abandoned" in r.getMessage()}
+    assert levels == {logging.INFO if quick else logging.WARNING}
