@@ -101,8 +101,10 @@ def test_interrupt_then_resume(tiny, tmp_path):
     assert (tmp_path / "best" / "model.onnx").exists()     # the first trial's result survived
     res = compress(model, data, budget, techniques=SMALL, out_dir=tmp_path, quick=True, resume=True)
     states = [t.state for t in res.trials]
-    # the interrupted trial is recorded as failed and does not count against max_trials
-    assert states.count("failed") == 1 and len(states) == 4, states
+    # the interrupted trial is recorded as failed and does not count against max_trials (nor do
+    # sampled trials the rung rule stopped early)
+    counted = [s for s in states if s != "pruned early"]
+    assert counted.count("failed") == 1 and len(counted) == 4, states
     assert states[:3] == ["complete", "failed", "complete"], states
     assert res.trials[2].recipe["cluster_bits"] == 5        # the queued seed ran after resuming
 

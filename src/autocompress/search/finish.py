@@ -11,6 +11,7 @@ import torch
 from autocompress.measure import compare, measure
 from autocompress.search.recipe import Recipe
 from autocompress.search.result import Result, TrialRecord
+from autocompress.search.rungs import EARLY
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ def trial_records(study) -> list[TrialRecord]:
     for t in study.trials:
         a = t.user_attrs
         state = {"FAIL": "failed"}.get(t.state.name, t.state.name.lower())
+        if state == "pruned" and str(a.get("note", "")).startswith(EARLY):
+            state = EARLY           # stopped at a rung of its fine-tune (search/rungs.py)
         out.append(TrialRecord(
             number=t.number, state=state, recipe=a.get("recipe", {}),
             val_accuracy=a.get("val_accuracy"), size_bytes=a.get("size_bytes"),
@@ -127,18 +130,21 @@ def final_reserve_s(t_measure_base: float, base_onnx, data, budget, quick: bool)
 
 
 def failure_summary(records: list[TrialRecord]) -> str:
-    """'3 failed (2x ValueError: ..., 1x ...); 1 stopped by the deadline' or ''."""
+    """'3 failed (2x ValueError: ..., 1x ...), 1 stopped by the deadline, 2 pruned early (...)' or ''."""
     from collections import Counter
 
     from autocompress.search.trial import STOPPED
     failed = Counter(r.note.split(" (similar")[0][:120] for r in records if r.state == "failed")
     stopped = sum(r.state == "pruned" and r.note.startswith(STOPPED) for r in records)
+    early = sum(r.state == EARLY for r in records)
     parts = []
     if failed:
         why = "; ".join(f"{n}x {reason or 'no reason recorded'}" for reason, n in failed.most_common(3))
         parts.append(f"{sum(failed.values())} trial(s) failed ({why})")
     if stopped:
         parts.append(f"{stopped} stopped by the deadline")
+    if early:
+        parts.append(f"{early} {EARLY} (hopeless at a rung of the fine-tune)")
     return ", ".join(parts)
 
 

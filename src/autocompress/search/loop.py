@@ -197,9 +197,11 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    from autocompress.search.rungs import SUBSET
     ctx = TrialContext(data=data, teacher=teacher, example=example, evaluate=val, finetune=finetune,
                        seed=seed, quick=quick, work_dir=out / "work", budget=budget,
-                       model_factory=model_factory or _copier(model), deadline=deadline)
+                       model_factory=model_factory or _copier(model), deadline=deadline,
+                       rung_evaluate=_val_evaluator(data, evaluate, SUBSET))
     # only the techniques this budget will search are worth measuring
     ctx.sensitivity = _sensitivity(model, ctx, space_mod.useful(budget, techniques), out / "sensitivity.json")
     shared = _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)
@@ -267,10 +269,12 @@ def _study(url: str, seed: int, budget: Budget, shared: _Shared, resume: bool):
 
 def _counted(study) -> int:
     """Trials that use up ``max_trials``: complete or pruned on accuracy. Failed ones do not, nor
-    ones the deadline stopped (they say nothing about the recipe)."""
+    ones the deadline stopped (they say nothing about the recipe), nor ones the rung rule stopped
+    early (they cost a fraction of a trial: that is the point of stopping them)."""
+    from autocompress.search.rungs import EARLY
     from autocompress.search.trial import STOPPED
     return sum(t.state.name == "COMPLETE" or (t.state.name == "PRUNED"
-                                              and not str(t.user_attrs.get("note", "")).startswith(STOPPED))
+                                              and not str(t.user_attrs.get("note", "")).startswith((STOPPED, EARLY)))
                for t in study.trials)
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrialRecord:
     number: int
-    state: str                      # complete | pruned | failed | running
+    state: str                      # complete | pruned | pruned early | failed | running
     recipe: dict
     val_accuracy: float | None = None
     size_bytes: int | None = None   # what the budget counts (storage artifact or ONNX file)

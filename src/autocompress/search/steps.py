@@ -42,6 +42,8 @@ class TrialContext:
     teacher_cache: nn.Module | None = field(default=None, repr=False)
     deadline: Deadline = field(default_factory=lambda: Deadline(None))
     device: str = "cpu"        # where our fine-tunes run (compress(device="auto") picks CUDA when there is one)
+    rung_evaluate: Callable[[nn.Module], float] | None = None   # the same metric on a small fixed val subset
+    rungs: object | None = None   # the running trial's rungs.RungWatch (None: no early stop)
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,9 @@ def _cached_teacher(ctx: TrialContext) -> nn.Module:
     return ctx.teacher_cache
 
 
+FINETUNE_BATCH = 64
+
+
 def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, hooks=(),
           desc: str = "fine-tune", lr_scale: float = 1.0, accelerate: bool = False) -> nn.Module:
     """Fine-tune with the user's loop when given, else ours (distilled from the original)."""
@@ -86,12 +91,15 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
             h(model)
         return model
     # batch 64: twice the optimizer steps per epoch of 128, which recovers pruned LeNets better
-    cfg = TrainConfig(epochs=epochs, lr=recipe.lr * lr_scale, batch_size=64, seed=ctx.seed, progress=False)
+    cfg = TrainConfig(epochs=epochs, lr=recipe.lr * lr_scale, batch_size=FINETUNE_BATCH, seed=ctx.seed,
+                      progress=False)
     # only plain models go to the accelerator: masks, codebooks and fake quantizers keep state
     # tensors of their own on the CPU (structured pruning and factorization leave plain layers)
     device = ctx.device if accelerate and not hooks else None
+    watch = ctx.rungs
+    stop = ctx.deadline.expired if watch is None else (lambda: ctx.deadline.expired() or watch.step(model))
     return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc,
-               stop=ctx.deadline.expired, device=device)
+               stop=stop, device=device)
 
 
 # -- the steps --------------------------------------------------------------------------------

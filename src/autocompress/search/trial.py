@@ -22,6 +22,7 @@ import numpy as np
 
 from autocompress import safefs
 from autocompress.search import budget_rules
+from autocompress.search import rungs as rungs_mod
 from autocompress.search import space as space_mod
 from autocompress.search.steps import apply_recipe_steps, deploy
 from autocompress.train import TrainingStopped
@@ -37,6 +38,14 @@ def objective(trial, shared):
         return _trial(trial, shared)
     except (optuna.TrialPruned, KeyboardInterrupt):
         raise
+    except rungs_mod.PrunedEarly as e:
+        # hopeless at a rung of its fine-tune: recorded apart (not a failure, not a finished trial)
+        trial.set_user_attr("val_accuracy_rung", e.score)
+        floor = shared.budget.allowed_accuracy(shared.base["accuracy"])
+        set_constraints(trial, {r.name: (floor - e.score if r.name == "accuracy" else 0.0)
+                                for r in budget_rules.active(shared.budget)})
+        trial.set_user_attr("note", str(e)[:500])
+        raise optuna.TrialPruned(trial.user_attrs["note"]) from None
     except TrainingStopped as e:
         # the budget ran out mid fine-tune: a stop, not a crash (and not counted as a failure)
         trial.set_user_attr("note", f"{STOPPED}: {e}"[:500])
@@ -57,7 +66,11 @@ def _trial(trial, shared):
     t0 = time.time()
     log.info("trial %d: %s", trial.number, recipe.describe())
     model = copy.deepcopy(shared.model)
-    model = apply_recipe_steps(model, recipe, shared.ctx)
+    shared.ctx.rungs = _rung_watch(trial, shared, recipe)
+    try:
+        model = apply_recipe_steps(model, recipe, shared.ctx)
+    finally:
+        shared.ctx.rungs = None
     if shared.ctx.deadline.search_remaining() <= 0:
         raise TrainingStopped("the search's time ran out before the candidate was scored")
     t_tail = time.monotonic()
@@ -105,6 +118,17 @@ def _trial(trial, shared):
         shutil.rmtree(tdir, ignore_errors=True)   # the best trial's files were copied to best/
     lat_ratio = (lat / base_lat) if (lat and base_lat) else 1.0
     return acc, float(size), float(lat_ratio)
+
+
+def _rung_watch(trial, shared, recipe):
+    """Early stop at rungs of our own fine-tunes (the user's loop has no steps we can see)."""
+    ctx = shared.ctx
+    if ctx.rung_evaluate is None or ctx.finetune is not None or recipe.finetune_epochs <= 0:
+        return None
+    from autocompress.search.steps import FINETUNE_BATCH
+    steps = rungs_mod.total_steps(recipe.finetune_epochs, len(ctx.train_set), FINETUNE_BATCH)
+    floor = shared.budget.allowed_accuracy(shared.base["accuracy"])
+    return rungs_mod.RungWatch(trial, steps, ctx.rung_evaluate, floor, min(rungs_mod.SUBSET, len(ctx.data.val)))
 
 
 def speedup(shared, cand_path, max_time_s: float = 10.0, batch: int | None = None):
