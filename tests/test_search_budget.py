@@ -26,6 +26,17 @@ def small():
     return model.eval(), data
 
 
+class _SlowWhenTraining(nn.Module):
+    """Identity that costs 0.1 s per training step, so the fine-tune outlasts the limit on any
+    machine (how fast the CPU is must not decide whether the deadline is reached); evaluation and
+    export run it in eval mode, at full speed."""
+
+    def forward(self, x):
+        if self.training:
+            time.sleep(0.1)
+        return x
+
+
 @pytest.mark.slow
 def test_time_limit_bounds_the_whole_call(small, tmp_path):
     """A fine-tune far longer than the limit is stopped at a step boundary and recorded as such;
@@ -33,11 +44,11 @@ def test_time_limit_bounds_the_whole_call(small, tmp_path):
     full = load_mnist()
     data = Splits(Subset(full.train, range(3000)), Subset(full.val, range(500)),
                   Subset(full.test, range(500)), full.input_shape, 10)
-    # few weights (fast to store) but many MACs: 8 epochs (the space's longest fine-tune) take
+    # few weights (fast to store); 8 epochs (the space's longest fine-tune) of >= 0.1 s steps take
     # far longer than the limit
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, 10)).eval()
+                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), _SlowWhenTraining(), nn.Linear(512, 10)).eval()
     limit = 30.0
     budget = Budget(max_drop=50.0, objective="smallest", max_trials=None, time_limit_s=limit)
     seeds = [Recipe(sparsity=0.8, distill=False, finetune_epochs=8.0)]
