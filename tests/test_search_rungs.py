@@ -53,6 +53,9 @@ def test_watch_scores_at_rungs_stores_them_and_stops():
     scores = iter([0.96, 0.4])        # rung 0.25: close to the floor (go on); rung 0.5: hopeless
     watch = RungWatch(trial, total_steps=8, score=lambda m: next(scores), floor=0.985, n=300)
     model = nn.Linear(2, 2).train()
+    inside = RungWatch(trial, total_steps=8, score=lambda m: 0.8, floor=0.985, n=300)
+    for _ in range(8):     # inside a sparsity schedule: 80 % may still climb back
+        inside.step(model, settled=False)
     with pytest.raises(PrunedEarly, match=f"{EARLY} at 50 %") as e:
         for _ in range(8):
             watch.step(model)
@@ -68,18 +71,17 @@ def test_hopeless_recipe_is_stopped_early_and_not_counted(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
     fit(model, data.train, TrainConfig(epochs=3, lr=2e-3, progress=False))
-    budget = Budget(max_drop=1.0, objective="smallest", max_trials=2, time_limit_s=300)
-    # the search space's most extreme sparsity with a short fine-tune: it ends near 47 % on a 77 %
-    # baseline when left to finish (measured with the rule off), far below the floor
-    seeds = [Recipe(sparsity=0.5, distill=False, finetune_epochs=0.5),
-             Recipe(sparsity=0.97, distill=False, finetune_epochs=1.0),
-             Recipe(sparsity=0.7, distill=False, finetune_epochs=0.5)]
-    res = compress(model.eval(), data, budget, techniques=("prune",), out_dir=tmp_path, quick=True, seeds=seeds)
+    budget = Budget(max_drop=1.0, objective="fastest", max_trials=2, time_limit_s=300)
+    # the search space's most extreme channel removal (90 % of the MACs: 3 of 32 hidden units)
+    seeds = [Recipe(structured_ratio=0.3, distill=False, finetune_epochs=0.5),
+             Recipe(structured_ratio=0.9, distill=False, finetune_epochs=1.0),
+             Recipe(structured_ratio=0.5, distill=False, finetune_epochs=0.5)]
+    res = compress(model.eval(), data, budget, techniques=("structured",), out_dir=tmp_path, quick=True, seeds=seeds)
     states = [t.state for t in res.trials]
     # the stopped trial does not use up max_trials: the third seed still runs
     assert states == ["complete", EARLY, "complete"], [(t.state, t.note) for t in res.trials]
     assert res.trials[1].note.startswith(EARLY) and "below the median" in res.trials[1].note
     assert f"1 {EARLY}" in res.message
-    assert res.trials[1].recipe["sparsity"] == 0.97
+    assert res.trials[1].recipe["structured_ratio"] == 0.9
     # the good recipes ran to the end and were scored on the whole validation split
     assert all(t.val_accuracy is not None for t in (res.trials[0], res.trials[2]))

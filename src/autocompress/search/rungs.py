@@ -25,6 +25,7 @@ RUNGS = (0.25, 0.5)       # fractions of the trial's fine-tune steps at which it
 SUBSET = 300              # validation samples scored at a rung (the same ones every time)
 MIN_MARGIN = 0.03         # 3 points: never stop a trial closer than this to the floor
 N_SE = 3.0                # ... nor one within 3 binomial standard errors of the subset
+SCHEDULE_DIP = 0.20       # a rung reached inside a sparsity schedule may still climb this much
 ATTR = "rungs"            # user attribute: {"0.25": score, ...}
 EARLY = "pruned early"    # note prefix of a trial the rule stopped
 
@@ -53,7 +54,7 @@ def decide(score: float, floor: float, n: int, previous: Iterable[float],
     m = margin(floor, n)
     gain = max([0.0, *(float(r) for r in recoveries)])
     if score + gain >= floor - m:
-        extra = f" (plus the {100 * gain:.1f} points an earlier trial recovered)" if gain > 0 else ""
+        extra = f" (plus {100 * gain:.1f} points it may still recover)" if gain > 0 else ""
         return False, f"{100 * score:.1f} %{extra} is within {100 * m:.1f} points of the floor"
     if not prev:
         return False, "no earlier trial reached this rung"
@@ -93,17 +94,21 @@ class RungWatch:
         self.done = 0
         self.scores: dict[str, float] = {}
 
-    def step(self, model) -> bool:
+    def step(self, model, settled: bool = True) -> bool:
+        """``settled=False`` inside a gradual sparsity schedule: a model just pruned further dips
+        and climbs back (one LeNet-sized trial went from 57 % to 76 % after the rung), and a trial
+        stopped there never shows its recovery to later ones: allow ``SCHEDULE_DIP`` on top."""
         while self.todo and self.done >= self.todo[0] * self.total:
-            self._rung(self.todo.pop(0), model)
+            self._rung(self.todo.pop(0), model, settled)
         self.done += 1
         return False
 
-    def _rung(self, rung: float, model) -> None:
+    def _rung(self, rung: float, model, settled: bool = True) -> None:
         acc = float(_score_in_place(self.score, model))
         self.scores[f"{rung:g}"] = acc
         self.trial.set_user_attr(ATTR, dict(self.scores))
-        stop, why = decide(acc, self.floor, self.n, *previous_scores(self.trial, rung))
+        prev, gains = previous_scores(self.trial, rung)
+        stop, why = decide(acc, self.floor, self.n, prev, gains if settled else [*gains, SCHEDULE_DIP])
         log.info("trial %d at rung %g (step %d of %d): %s", self.trial.number, rung, self.done, self.total, why)
         if stop:
             raise PrunedEarly(f"{EARLY} at {100 * rung:.0f} % of its fine-tune: {why}", acc)

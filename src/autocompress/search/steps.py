@@ -97,7 +97,8 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
     # tensors of their own on the CPU (structured pruning and factorization leave plain layers)
     device = ctx.device if accelerate and not hooks else None
     watch = ctx.rungs
-    stop = ctx.deadline.expired if watch is None else (lambda: ctx.deadline.expired() or watch.step(model))
+    settled = desc not in ("prune round", "recover sparse")   # mid-schedule scores dip (rungs.py)
+    stop = ctx.deadline.expired if watch is None else (lambda: ctx.deadline.expired() or watch.step(model, settled))
     return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc,
                stop=stop, device=device)
 
