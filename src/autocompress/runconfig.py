@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from autocompress.config import Config, ConfigError
+from autocompress.config import Config, ConfigError, _closest
 from autocompress.data import Splits
 from autocompress.search.budget import Budget
 
@@ -72,7 +72,8 @@ class RunConfig(Config):
             raise ConfigError(f"RunConfig.techniques must list at least one of {list(known)}")
         for i, t in enumerate(self.techniques):
             if t not in known:
-                raise ConfigError(f"RunConfig.techniques[{i}]: {t!r} is not one of {list(known)}")
+                raise ConfigError(f"RunConfig.techniques[{i}]: {t!r} is not one of {list(known)}"
+                                  + _closest(t, list(known)))
         dup = sorted({t for t in self.techniques if self.techniques.count(t) > 1})
         if dup:
             raise ConfigError(f"RunConfig.techniques lists {dup} more than once")
