@@ -16,7 +16,6 @@ import logging
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -29,16 +28,13 @@ from torch import nn
 from autocompress.export.inputs import (Inputs, as_args, fixed_batch_io, input_names, ort_feed,
                                         synthetic_feed, with_picked_output)
 from autocompress.outputs import pick_output
+from autocompress.runtime_results import LatencyStats, ParityError, ParityReport  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
     """The model could not be exported to ONNX; the message names the exporter's complaint."""
-
-
-class ParityError(AssertionError):
-    """ONNX Runtime disagrees with PyTorch beyond the tolerance: the export is not deployable."""
 
 
 def export_onnx(model: nn.Module, example: Inputs, path: str | Path, *,
@@ -168,17 +164,6 @@ def ort_accuracy(path: str | Path, loader: Iterable, threads: int = 1) -> float:
     return correct / max(total, 1)
 
 
-@dataclass
-class ParityReport:
-    max_abs_diff: float
-    top1_agreement: float
-    samples: int
-
-    def to_dict(self) -> dict:
-        return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
-                "samples": self.samples}
-
-
 def _call(model: nn.Module, x: Inputs):
     return model(**x) if isinstance(x, dict) else model(*as_args(x))
 
@@ -201,16 +186,6 @@ def check_parity(model: nn.Module, path: str | Path, inputs: Inputs, *, atol: fl
                           f"(tolerance {atol:.3g}), top-1 agreement {agree:.2%} "
                           f"(required {min_agreement:.2%}) on {rep.samples} inputs")
     return rep
-
-
-@dataclass
-class LatencyStats:
-    median_ms: float
-    p90_ms: float
-    runs: int
-
-    def to_dict(self) -> dict:
-        return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs}
 
 
 def measure_latency(models: Mapping[str, str | Path], input_shape: tuple[int, ...],

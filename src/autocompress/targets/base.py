@@ -13,7 +13,6 @@ import importlib
 import importlib.util
 import statistics
 import time as _time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -21,34 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-
-class ParityError(AssertionError):
-    """The runtime disagrees with PyTorch beyond the tolerance: the export is not deployable."""
+from autocompress.runtime_results import LatencyStats, ParityError, ParityReport  # noqa: F401 - re-exported
 
 
 class UnknownTargetError(ValueError):
     """No deployment target of that name is registered (the message lists those that are)."""
-
-
-@dataclass
-class ParityReport:
-    max_abs_diff: float
-    top1_agreement: float
-    samples: int
-
-    def to_dict(self) -> dict:
-        return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
-                "samples": self.samples}
-
-
-@dataclass
-class LatencyStats:
-    median_ms: float
-    p90_ms: float
-    runs: int
-
-    def to_dict(self) -> dict:
-        return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs}
 
 
 Runner = Callable[[np.ndarray], np.ndarray]   # one loaded model: float32 batch in, first output out
