@@ -1,4 +1,4 @@
-"""A technique is declared once (search/techniques.py): registering one from outside the package
+"""A technique is declared once (techniques/): registering one from outside the package
 puts it in the search space, the allowed names and the trial's steps, with no other file changed."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from autocompress.data import Splits, load_mnist
 from autocompress.runconfig import RunConfig
 from autocompress.search import Budget, Recipe, compress
 from autocompress.search import loop, space, steps
-from autocompress.search import techniques as tech
+from autocompress import techniques as tech
 
 GRID = 1 / 64
 
@@ -82,3 +82,13 @@ def test_compress_runs_a_registered_technique_in_a_trial(grid_technique, tmp_pat
 def test_replaying_options_of_an_unregistered_technique_names_them():
     with pytest.raises(ValueError, match=r"Recipe.options \['grid'\]: no registered technique"):
         tech.check_options(Recipe(options={"grid": GRID}))
+
+
+def test_importing_the_techniques_loads_no_runtime_nor_the_search():
+    import subprocess
+    import sys
+    code = ("import sys, autocompress.techniques as t; assert t.names(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnxruntime', 'executorch', 'onnx', "
+            "'optuna') or m.startswith(('autocompress.search', 'autocompress.targets', 'autocompress.export'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 
 
 def _technique_names() -> tuple[str, ...]:
-    from autocompress.search.techniques import names
+    from autocompress.techniques import names
     return names()
 
 
 def __getattr__(name: str):
-    if name == "TECHNIQUES":   # the technique registry's names (search/techniques.py)
+    if name == "TECHNIQUES":   # the technique registry's names (techniques/)
         return _technique_names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

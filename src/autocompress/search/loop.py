@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def __getattr__(name: str):
-    if name == "TECHNIQUES":   # the registry's names (search/techniques.py), registered ones included
-        from autocompress.search.techniques import names
+    if name == "TECHNIQUES":   # the registry's names (techniques/), registered ones included
+        from autocompress.techniques import names
         return names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -103,7 +103,7 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     import optuna
 
     budget = budget or Budget()
-    from autocompress.search.techniques import names
+    from autocompress.techniques import names
     techniques = names() if techniques is None else techniques
     unknown = sorted(set(techniques) - set(names()))
     if unknown:
@@ -342,7 +342,7 @@ def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str
     budget = kwargs.pop("budget", None) or Budget.from_yaml(out / "budget.yaml")
     deadline = Deadline(timeout)
     if techniques is None:
-        from autocompress.search.techniques import names
+        from autocompress.techniques import names
         techniques = names()
     shared = _prepare(model, data, budget, tuple(techniques), out, kwargs.get("evaluate"),
                       kwargs.get("finetune"), seed, kwargs.get("quick", False), kwargs.get("model_factory"),

@@ -42,7 +42,7 @@ class Recipe(Config):
     distill: bool = True
     finetune_epochs: float = 1.0
     lr: float = 1e-3
-    # parameters of techniques registered outside this package (search/techniques.py), by name
+    # parameters of techniques registered outside this package (techniques/), by name
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -11,7 +11,7 @@ from typing import Sequence
 from autocompress.search.budget import Budget
 from autocompress.search.recipe import Recipe
 
-from autocompress.search import techniques as _tech
+from autocompress import techniques as _tech
 
 
 def choices() -> dict[str, tuple[str | None, list, object]]:

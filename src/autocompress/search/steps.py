@@ -1,7 +1,7 @@
 """How a recipe is applied: each technique is one step ``(model, recipe, ctx) -> model``.
 
-The steps only call the techniques' public verbs (``prune_channels_``, ``factorize_``, ``prune_``,
-``cluster_``, ``quantize_``/``qat_``); this module decides order and fine-tuning, nothing more.
+The steps live with their techniques (techniques/, in the registry's order); this module holds
+the trial's context, its fine-tuning (``TrialContext.train``), deployment and sensitivity.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from autocompress.data import Splits
 from autocompress.search.budget import Budget
 from autocompress.search.deadline import Deadline
 from autocompress.search.recipe import Recipe
+from autocompress.techniques._common import follow_renames  # noqa: F401  (re-exported)
 from autocompress.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class TrialContext:
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    def train(self, model: nn.Module, recipe: Recipe, epochs: float, **kw) -> nn.Module:
+        """The trial's fine-tune, as the techniques' steps call it (see :func:`train`)."""
+        return train(model, recipe, self, epochs, **kw)
 
     @property
     def train_set(self):
@@ -103,101 +108,12 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
                stop=stop, device=device)
 
 
-# -- the steps --------------------------------------------------------------------------------
-
-def _structured(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
-    """Remove ``structured_ratio`` of the MACs; the per-layer profile comes from the structured
-    sensitivity (sensitive layers lose fewer channels) unless the recipe pins ``layer_ratios``."""
-    from autocompress.prune import StructuredPruneConfig, StructuredPruneError, prune_channels_
-    profile = dict(recipe.layer_ratios) or _allocate(ctx.sensitivity.get("structured"), recipe.structured_ratio)
-    rt = recipe.round_to if recipe.round_to > 1 else None
-    attempts = [(profile, rt)] + ([({}, rt)] if profile and not recipe.layer_ratios else [])
-    if rt is not None:
-        # a small layer cannot keep a multiple of round_to and still lose its share: unrounded then
-        attempts += [(p, None) for p, _ in attempts]
-    for i, (prof, r) in enumerate(attempts):
-        cfg = StructuredPruneConfig(target="macs", amount=recipe.structured_ratio, per_layer=prof, round_to=r)
-        try:
-            model = prune_channels_(model, cfg, ctx.example)
-            break
-        except StructuredPruneError as e:
-            if i == len(attempts) - 1:
-                # nothing in reach (e.g. only recurrent layers carry the MACs, and they are kept):
-                # the recipe's other steps still run; the trial's channel count says what happened
-                log.warning("structured pruning not applicable here (%s); channels kept", e)
-                return model
-            # the sensitivity profile or the rounding spares some layers so much that the MAC
-            # target is out of reach even at the largest ratio: try the next, looser setting
-            log.info("%.0f%% of the MACs out of reach with %s, round_to=%s (%s); trying a looser setting",
-                     100 * recipe.structured_ratio, "the sensitivity profile" if prof else "uniform ratios", r, e)
-    _reestimate_bn(model, ctx)
-    return train(model, recipe, ctx, _share(recipe, _structured), desc="recover channels", accelerate=True)
-
-
-def _reestimate_bn(model: nn.Module, ctx: TrialContext) -> None:
-    from autocompress.train import reestimate_bn
-    reestimate_bn(model, ctx.data.calibration_batch(256 if ctx.quick else 1024, seed=ctx.seed))
-
-
-def _factorize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
-    from autocompress.factorize import FactorizeConfig, factorize_
-    model = factorize_(model, FactorizeConfig(energy=recipe.rank_energy))
-    _reestimate_bn(model, ctx)
-    return train(model, recipe, ctx, _share(recipe, _factorize), desc="recover low-rank", accelerate=True)
-
-
-def _sparsify(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
-    """Reach ``sparsity`` gradually (polynomial schedule over 3 rounds with fine-tuning between),
-    then a longer, gentler fine-tune with the masks enforced before the zeros become permanent
-    (Han et al.'s iterative prune/retrain). Per-layer sparsities follow the sensitivity curves,
-    else one global magnitude threshold."""
-    from autocompress.prune import PruneConfig, make_permanent, prune_
-    epochs = _share(recipe, _sparsify)
-    steps = 1 if epochs <= 0 else 3
-    per_layer = follow_renames(model, _allocate(ctx.sensitivity.get("prune"), recipe.sparsity))
-    cfg = PruneConfig(sparsity=recipe.sparsity, scope="layer" if per_layer else "global", per_layer=per_layer,
-                      schedule="polynomial" if steps > 1 else "oneshot", steps=steps, permanent=False)
-    tune = (lambda m: train(m, recipe, ctx, 0.4 * epochs / steps, desc="prune round")) if epochs > 0 else None
-    model = prune_(model, cfg, ctx.train_set, finetune=tune)
-    model = train(model, recipe, ctx, 0.6 * epochs, desc="recover sparse", lr_scale=0.3)
-    return make_permanent(model)
-
-
-def _cluster(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
-    from autocompress.encode import ClusterConfig, cluster_, cluster_hooks, strip_clusters_
-    # convolutions hold few weights but are sensitive: one bit more for them (the paper: 8 conv / 5 fc)
-    cfg = ClusterConfig(bits=recipe.cluster_bits, conv_bits=min(8, recipe.cluster_bits + 1))
-    model = cluster_(model, cfg)
-    model = train(model, recipe, ctx, _share(recipe, _cluster), hooks=cluster_hooks(model), desc="tune centroids",
-                  lr_scale=0.1)
-    return strip_clusters_(model)
-
-
-def _quantize(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
-    calib = ctx.data.calibration_batch(256 if ctx.quick else 512, seed=ctx.seed)
-    if recipe.quant == "int8":
-        from autocompress.quantize import PTQConfig, quantize_
-        return quantize_(model, PTQConfig(weight_bits=8, act_bits=8), calib)
-    if recipe.quant == "mixed":
-        # every layer starts at the low precision; the most sensitive go up (w8, then fp32) until
-        # the validation accuracy holds within half the budget (the other half is for the rest)
-        from autocompress.quantize import MixedPrecisionConfig, Precision, mixed_precision_
-        levels = [Precision(recipe.weight_bits, recipe.act_bits), Precision(8, 8), Precision(None, None)]
-        if recipe.weight_bits == 8:
-            levels = levels[1:]
-        mixed_precision_(model, MixedPrecisionConfig(levels=levels, max_drop=ctx.budget.max_drop / 200),
-                         calib, ctx.evaluate)
-        return model
-    from autocompress.quantize import QATConfig, qat_
-    cfg = QATConfig(weight_bits=recipe.weight_bits, act_bits=recipe.act_bits)
-    return qat_(model, cfg, ctx.train_set, calibration_data=calib,
-                finetune=lambda m: train(m, recipe, ctx, _share(recipe, _quantize), desc="QAT"))
-
+# -- the steps (one per technique, in techniques/) ----------------------------------------------
 
 def _steps() -> list[tuple[Callable[[Recipe], bool], Callable, float]]:
     """(recipe switches the step on, step, its weight in the fine-tuning budget), in the order
-    they run: from the technique registry (search/techniques.py), which names this module's steps."""
-    from autocompress.search.techniques import all_steps
+    they run: from the technique registry (techniques/), whose modules hold the steps."""
+    from autocompress.techniques import all_steps
     return [(s.on, s.run, s.share) for s in all_steps()]
 
 
@@ -207,47 +123,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _share(recipe: Recipe, step: Callable) -> float:
-    """This step's part of the recipe's fine-tuning epochs (shares of the active steps sum to 1)."""
-    active = [(fn, w) for on, fn, w in _steps() if on(recipe)]
-    total = sum(w for _, w in active)
-    mine = sum(w for fn, w in active if fn is step)
-    return recipe.finetune_epochs * mine / total if total > 0 else 0.0
-
-
-def follow_renames(model: nn.Module, per_layer: dict[str, float]) -> dict[str, float]:
-    """Per-layer settings keyed by the *original* model's names, for a model an earlier step
-    restructured: low-rank factorization turns ``fc.weight`` into ``fc.0.weight`` and
-    ``fc.1.weight`` (both factors get ``fc``'s setting). A name that vanished altogether is
-    dropped (the global setting applies to what replaced it)."""
-    params = dict(model.named_parameters())
-    out: dict[str, float] = {}
-    for name, v in per_layer.items():
-        if name in params:
-            out[name] = v
-            continue
-        owner, _, leaf = name.rpartition(".")
-        factors = [p for p in params if p.startswith(owner + ".") and p.endswith("." + leaf)] if owner else []
-        if factors:
-            out.update({p: v for p in factors})
-        else:
-            log.info("per-layer setting for %r dropped: no such layer after the earlier steps", name)
-    return out
-
-
-def _allocate(sens: dict | None, target: float) -> dict[str, float]:
-    if not sens or target <= 0:
-        return {}
-    from autocompress.prune import SensitivityResult, allocate_ratios
-    try:
-        return allocate_ratios(SensitivityResult.from_dict(sens), target)
-    except ValueError as e:  # target beyond the analysed ratios: uniform is the honest fallback
-        log.info("per-layer allocation not possible (%s); using a uniform ratio", e)
-        return {}
-
-
 def apply_recipe_steps(model: nn.Module, recipe: Recipe, ctx: TrialContext) -> nn.Module:
-    from autocompress.search.techniques import check_options
+    from autocompress.techniques import check_options
     check_options(recipe)
     torch.manual_seed(ctx.seed)
     for on, step, _ in _steps():

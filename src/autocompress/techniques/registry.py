@@ -1,6 +1,7 @@
 """The technique registry: the one list of what the search can combine.
 
-Each technique is declared once, here or by a caller's ``register``: its name, the recipe fields
+Each technique is declared once, in its own module (this package's ``prune``, ``quantize``, ...,
+or a caller's) and added with ``register``: its name, the recipe fields
 it owns, its search choices (with their value when the technique is off), the budget kinds it
 serves (a smaller and/or a faster model), and its steps (when the recipe switches each on, the
 function that applies it, its weight in the fine-tuning epochs). The search space
@@ -16,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from autocompress.search import steps as _s
-from autocompress.search.recipe import Recipe
 
 KINDS = ("size", "speed")
 
@@ -33,7 +32,7 @@ class Choice:
 @dataclass(frozen=True)
 class Step:
     """Applied in a trial when ``on(recipe)``; ``share`` is its weight in the fine-tuning epochs."""
-    on: Callable[[Recipe], bool]
+    on: Callable[["Recipe"], bool]
     run: Callable      # (model, recipe, ctx) -> model
     share: float = 0.0
 
@@ -47,7 +46,7 @@ class Technique:
     fields: tuple[str, ...] = ()        # the Recipe fields it owns (none: it lives in Recipe.options)
     # sampled parameters -> Recipe keyword arguments, and back (for seeding); None: Recipe.options
     to_recipe: Callable[[dict], dict] | None = field(default=None, compare=False)
-    from_recipe: Callable[[Recipe], dict] | None = field(default=None, compare=False)
+    from_recipe: Callable[["Recipe"], dict] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -64,7 +63,7 @@ class Technique:
             return self.to_recipe(p)
         return {"options": {c.name: p.get(c.name, c.off) for c in self.choices}}
 
-    def raw_params(self, r: Recipe) -> dict:
+    def raw_params(self, r: "Recipe") -> dict:
         if self.from_recipe is not None:
             return self.from_recipe(r)
         return {c.name: r.options.get(c.name, c.off) for c in self.choices}
@@ -109,7 +108,7 @@ def all_steps() -> list[Step]:
     return [s for t in _REGISTRY.values() for s in t.steps]
 
 
-def check_options(r: Recipe) -> None:
+def check_options(r: "Recipe") -> None:
     """A recipe's ``options`` must belong to registered techniques: one whose module was not
     imported (and so not registered) would otherwise be skipped without a word on replay."""
     known = {c.name for t in _REGISTRY.values() if t.to_recipe is None for c in t.choices}
@@ -123,53 +122,9 @@ def check_options(r: Recipe) -> None:
 COMMON = (Choice("finetune_epochs", (0.5, 1.0, 2.0, 4.0, 8.0), 1.0),)
 
 
-# -- the built-in techniques, in the order their steps run --------------------------------------------
-
-register(Technique(
-    "structured", serves=frozenset({"speed"}), fields=("structured_ratio", "layer_ratios", "round_to"),
-    choices=(Choice("structured_ratio", (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9), 0.0),
-             Choice("round_to", (1, 8, 16), 8)),
-    steps=(Step(lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), _s._structured, 0.5),),
-    to_recipe=lambda p: dict(structured_ratio=float(p.get("structured_ratio", 0.0)),
-                             round_to=int(p.get("round_to", 8))),
-    from_recipe=lambda r: dict(structured_ratio=r.structured_ratio, round_to=r.round_to)))
-
-register(Technique(
-    "factorize", fields=("rank_energy",),
-    choices=(Choice("rank_energy", (1.0, 0.99, 0.97, 0.95, 0.9), 1.0),),
-    steps=(Step(lambda r: r.rank_energy is not None, _s._factorize, 0.3),),
-    to_recipe=lambda p: dict(rank_energy=None if float(p.get("rank_energy", 1.0)) >= 1.0
-                             else float(p["rank_energy"])),
-    from_recipe=lambda r: dict(rank_energy=r.rank_energy or 1.0)))
-
-# ONNX Runtime runs sparse and clustered weights densely: they make a model small, not fast
-register(Technique(
-    "prune", serves=frozenset({"size"}), fields=("sparsity",),
-    choices=(Choice("sparsity", (0.0, 0.5, 0.7, 0.8, 0.9, 0.92, 0.94, 0.96, 0.97), 0.0),),
-    steps=(Step(lambda r: r.sparsity > 0, _s._sparsify, 0.6),),
-    to_recipe=lambda p: dict(sparsity=float(p.get("sparsity", 0.0))),
-    from_recipe=lambda r: dict(sparsity=r.sparsity)))
-
-register(Technique(
-    "cluster", serves=frozenset({"size"}), fields=("cluster_bits",),
-    choices=(Choice("cluster_bits", (0, 3, 4, 5, 6), 0),),
-    steps=(Step(lambda r: r.cluster_bits is not None, _s._cluster, 0.15),),
-    to_recipe=lambda p: dict(cluster_bits=int(p.get("cluster_bits", 0)) or None),
-    from_recipe=lambda r: dict(cluster_bits=r.cluster_bits or 0)))
-
-register(Technique(
-    "quantize", fields=("quant", "weight_bits", "act_bits"),
-    choices=(Choice("quant", ("none", "int8", "mixed", "qat"), "none"),
-             Choice("weight_bits", (2, 4, 8), 8)),
-    steps=(Step(lambda r: r.quant == "qat", _s._quantize, 0.4),
-           Step(lambda r: r.quant in ("int8", "mixed"), _s._quantize, 0.0)),   # PTQ trains nothing
-    to_recipe=lambda p: dict(quant=p.get("quant", "none"),
-                             weight_bits=int(p.get("weight_bits", 8)) if p.get("quant") in ("qat", "mixed") else 8),
-    from_recipe=lambda r: dict(quant=r.quant, weight_bits=r.weight_bits)))
-
-# no step of its own: it changes every step's fine-tuning loss (steps.loss_for)
-register(Technique(
-    "distill", fields=("distill",),
-    choices=(Choice("distill", (True, False), False),),
-    to_recipe=lambda p: dict(distill=bool(p.get("distill", False))),
-    from_recipe=lambda r: dict(distill=r.distill)))
+def share(recipe: "Recipe", run: Callable) -> float:
+    """Step ``run``'s part of the recipe's fine-tuning epochs (shares of the active steps sum to 1)."""
+    active = [s for s in all_steps() if s.on(recipe)]
+    total = sum(s.share for s in active)
+    mine = sum(s.share for s in active if s.run is run)
+    return recipe.finetune_epochs * mine / total if total > 0 else 0.0

@@ -1,0 +1,26 @@
+"""Weight sharing (``cluster_``): 2**bits centroids per layer, tuned, then stripped to plain
+layers holding the shared values. Makes the stored model small, not fast: serves size budgets."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from autocompress.techniques.registry import Choice, Step, Technique, register, share
+
+
+def run(model: nn.Module, recipe, ctx) -> nn.Module:
+    from autocompress.encode import ClusterConfig, cluster_, cluster_hooks, strip_clusters_
+    # convolutions hold few weights but are sensitive: one bit more for them (the paper: 8 conv / 5 fc)
+    cfg = ClusterConfig(bits=recipe.cluster_bits, conv_bits=min(8, recipe.cluster_bits + 1))
+    model = cluster_(model, cfg)
+    model = ctx.train(model, recipe, share(recipe, run), hooks=cluster_hooks(model), desc="tune centroids",
+                      lr_scale=0.1)
+    return strip_clusters_(model)
+
+
+TECHNIQUE = register(Technique(
+    "cluster", serves=frozenset({"size"}), fields=("cluster_bits",),
+    choices=(Choice("cluster_bits", (0, 3, 4, 5, 6), 0),),
+    steps=(Step(lambda r: r.cluster_bits is not None, run, 0.15),),
+    to_recipe=lambda p: dict(cluster_bits=int(p.get("cluster_bits", 0)) or None),
+    from_recipe=lambda r: dict(cluster_bits=r.cluster_bits or 0)))

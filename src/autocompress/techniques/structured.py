@@ -1,0 +1,52 @@
+"""Structured pruning: channels / neurons physically removed (``prune_channels_``), so the model
+is faster on any runtime. Serves speed budgets."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from autocompress.techniques._common import allocate, reestimate_bn
+from autocompress.techniques.registry import Choice, Step, Technique, register, share
+
+log = logging.getLogger(__name__)
+
+
+def run(model: nn.Module, recipe, ctx) -> nn.Module:
+    """Remove ``structured_ratio`` of the MACs; the per-layer profile comes from the structured
+    sensitivity (sensitive layers lose fewer channels) unless the recipe pins ``layer_ratios``."""
+    from autocompress.prune import StructuredPruneConfig, StructuredPruneError, prune_channels_
+    profile = dict(recipe.layer_ratios) or allocate(ctx.sensitivity.get("structured"), recipe.structured_ratio)
+    rt = recipe.round_to if recipe.round_to > 1 else None
+    attempts = [(profile, rt)] + ([({}, rt)] if profile and not recipe.layer_ratios else [])
+    if rt is not None:
+        # a small layer cannot keep a multiple of round_to and still lose its share: unrounded then
+        attempts += [(p, None) for p, _ in attempts]
+    for i, (prof, r) in enumerate(attempts):
+        cfg = StructuredPruneConfig(target="macs", amount=recipe.structured_ratio, per_layer=prof, round_to=r)
+        try:
+            model = prune_channels_(model, cfg, ctx.example)
+            break
+        except StructuredPruneError as e:
+            if i == len(attempts) - 1:
+                # nothing in reach (e.g. only recurrent layers carry the MACs, and they are kept):
+                # the recipe's other steps still run; the trial's channel count says what happened
+                log.warning("structured pruning not applicable here (%s); channels kept", e)
+                return model
+            # the sensitivity profile or the rounding spares some layers so much that the MAC
+            # target is out of reach even at the largest ratio: try the next, looser setting
+            log.info("%.0f%% of the MACs out of reach with %s, round_to=%s (%s); trying a looser setting",
+                     100 * recipe.structured_ratio, "the sensitivity profile" if prof else "uniform ratios", r, e)
+    reestimate_bn(model, ctx)
+    return ctx.train(model, recipe, share(recipe, run), desc="recover channels", accelerate=True)
+
+
+TECHNIQUE = register(Technique(
+    "structured", serves=frozenset({"speed"}), fields=("structured_ratio", "layer_ratios", "round_to"),
+    choices=(Choice("structured_ratio", (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9), 0.0),
+             Choice("round_to", (1, 8, 16), 8)),
+    steps=(Step(lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), run, 0.5),),
+    to_recipe=lambda p: dict(structured_ratio=float(p.get("structured_ratio", 0.0)),
+                             round_to=int(p.get("round_to", 8))),
+    from_recipe=lambda r: dict(structured_ratio=r.structured_ratio, round_to=r.round_to)))
