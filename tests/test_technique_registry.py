@@ -1,5 +1,6 @@
-"""A technique is declared once (techniques/): registering one from outside the package
-puts it in the search space, the allowed names and the trial's steps, with no other file changed."""
+"""A technique is declared once (techniques/): the toy one below ("round weights to a grid") is
+one module's worth of code, registered here, and it is searched, seeded, replayed and reported
+with no other file changed."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from autocompress import techniques as tech
 GRID = 1 / 64
 
 
-def _round_to_grid(model: nn.Module, recipe: Recipe, ctx) -> nn.Module:
+def _round_to_grid(model: nn.Module, recipe, ctx) -> nn.Module:
     """The toy technique: every Linear weight rounded to a multiple of ``grid``."""
     g = recipe.options["grid"]
     with torch.no_grad():
@@ -32,7 +33,9 @@ def _round_to_grid(model: nn.Module, recipe: Recipe, ctx) -> nn.Module:
 def grid_technique():
     t = tech.register(tech.Technique(
         "grid", choices=(tech.Choice("grid", (0.0, GRID), 0.0),), serves=frozenset({"size"}),
-        steps=(tech.Step(lambda r: r.options.get("grid", 0.0) > 0, _round_to_grid, 0.0),)))
+        steps=(tech.Step(lambda r: r.options.get("grid", 0.0) > 0, _round_to_grid, 0.0),),
+        seed_levels=({"grid": GRID},),
+        layer_report=lambda m: {"grid levels": int(torch.unique(m.weight.detach()).numel())}))
     yield t
     tech.unregister("grid")
 
@@ -61,22 +64,29 @@ def test_registry_rejects_a_clash_and_runconfig_an_unknown_name(grid_technique):
         RunConfig(model="m", data="d", techniques=["grid"])
 
 
-def test_compress_runs_a_registered_technique_in_a_trial(grid_technique, tmp_path):
+def _on_grid(model: nn.Module) -> bool:
+    qs = [m.weight.detach() / GRID for m in model.modules() if isinstance(m, nn.Linear)]
+    return bool(qs) and all(torch.allclose(q, torch.round(q), atol=1e-3) for q in qs)
+
+
+def test_compress_seeds_replays_and_reports_a_registered_technique(grid_technique, tmp_path):
+    from autocompress.search import apply_recipe
     full = load_mnist(flat=True)
     data = Splits(Subset(full.train, range(1000)), Subset(full.val, range(500)),
                   Subset(full.test, range(500)), full.input_shape, 10)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
     budget = Budget(max_drop=100.0, max_trials=1, time_limit_s=120)
-    res = compress(model, data, budget, techniques=["grid"], out_dir=tmp_path, quick=True,
-                   seeds=[Recipe(options={"grid": GRID}, finetune_epochs=0.5)])
+    # no seeds given: the first trial is the one the technique's seed_levels declare
+    res = compress(model, data, budget, techniques=["grid"], out_dir=tmp_path / "run", quick=True)
     assert [t.state for t in res.trials] == ["complete"], [t.note for t in res.trials]
-    assert res.recipe.options == {"grid": GRID}
-    assert Recipe.from_yaml(tmp_path / "recipe.yaml").options == {"grid": GRID}
-    for m in res.model.modules():
-        if isinstance(m, nn.Linear):
-            q = m.weight.detach() / GRID
-            assert torch.allclose(q, torch.round(q), atol=1e-3)
+    assert res.recipe.options == {"grid": GRID} and _on_grid(res.model)
+    assert "grid levels" in (tmp_path / "run" / "report.md").read_text()
+    assert all(info["grid levels"] <= 2 * 64 + 1 for info in res.layers.values())   # |w| < 1 on a 1/64 grid
+    # the written recipe replays the technique on a fresh copy of the model
+    replayed = apply_recipe(model, tmp_path / "run" / "recipe.yaml", data, out_dir=tmp_path / "apply", quick=True)
+    assert replayed.recipe.options == {"grid": GRID} and _on_grid(replayed.model)
+    assert "grid levels" in (tmp_path / "apply" / "report.md").read_text()
 
 
 def test_replaying_options_of_an_unregistered_technique_names_them():

@@ -19,7 +19,7 @@ import yaml
 from autocompress import safefs
 from autocompress.report.headline import headline
 from autocompress.report.plots import all_plots
-from autocompress.report.tables import (LAYER_HEADER, TRIAL_HEADER, before_after_rows, layer_rows,
+from autocompress.report.tables import (TRIAL_HEADER, before_after_rows, layer_header, layer_rows,
                                         md_table, ran_trials, trial_rows)
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def render_markdown(report: dict, plot_files: dict[str, str] | None = None) -> s
         if name in plot_files:
             out += [f"## {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({plot_files[name]})", ""]
     if report.get("layers"):
-        out += ["## Layers", "", md_table(LAYER_HEADER, layer_rows(report)), ""]
+        out += ["## Layers", "", md_table(layer_header(report), layer_rows(report)), ""]
     out += ["## Trial history", "", _counts(report) + "; ★ = on the Pareto front", ""]
     if report.get("trials"):
         out += [md_table(TRIAL_HEADER, trial_rows(report)), ""]
@@ -152,7 +152,7 @@ def render_html(report: dict, plots: dict[str, bytes] | None = None) -> str:
             parts += [f"<h2>{PLOT_TITLES[name]}</h2>",
                       f'<img alt="{PLOT_TITLES[name]}" id="plot-{name}" src="data:image/png;base64,{b64}">']
     if report.get("layers"):
-        parts += ["<h2>Layers</h2>", _html_table(LAYER_HEADER, layer_rows(report))]
+        parts += ["<h2>Layers</h2>", _html_table(layer_header(report), layer_rows(report))]
     parts += ["<h2>Trial history</h2>", f"<p>{e(_counts(report))}; ★ = on the Pareto front</p>"]
     if report.get("trials"):
         parts.append(_html_table(TRIAL_HEADER, trial_rows(report), front_col=0))

@@ -9,7 +9,9 @@ from autocompress.report.plots import sensitivity_plot
 from autocompress.report.tables import md_table
 
 
-TECHNIQUE_NAMES = {"prune", "structured", "quantize", "cluster", "factorize", "distill"}
+def _technique_names() -> set[str]:
+    from autocompress.techniques import names
+    return set(names())
 
 
 SETTING_KEYS = ("ratios", "bits", "settings", "values")
@@ -37,7 +39,7 @@ def normalise(sens: dict) -> dict[str, dict[str, dict[str, float]]]:
     ``{layer: {technique: {setting: acc}}}``, ``{layer: {"sensitivity": {...}}}`` or ``{"layers": ...}``;
     return ``{layer: {technique: {str(setting): acc}}}``."""
     layers = sens.get("layers", sens) if isinstance(sens.get("layers"), dict) else sens
-    if layers and set(layers) <= TECHNIQUE_NAMES:   # technique-first: transpose
+    if layers and set(layers) <= _technique_names():   # technique-first: transpose
         flipped: dict[str, dict] = {}
         for tech, per_tech in layers.items():
             for layer, pts in curves(per_tech or {}).items():

@@ -158,15 +158,32 @@ def _short(text: str, n: int = 140) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-LAYER_HEADER = ["layer", "sparsity", "bits", "why this precision"]
+# the per-layer columns are what the techniques report (techniques/, ``layer_report``); these
+# read better with a label or a format of their own, any other is shown as it comes
+LAYER_LABELS = {"precision_reason": "why this precision"}
+LAYER_FORMATS = {"sparsity": lambda v: f"{100 * v:.1f} %"}
+
+
+def layer_columns(report: dict) -> list[str]:
+    cols: dict[str, None] = {}
+    for info in (report.get("layers") or {}).values():
+        cols.update({k: None for k in (info or {}) if k != "sensitivity"})
+    return list(cols)
+
+
+def layer_header(report: dict) -> list[str]:
+    return ["layer"] + [LAYER_LABELS.get(c, c) for c in layer_columns(report)]
+
+
+def _cell(col: str, v) -> str:
+    if v is None or v == "":
+        return "" if col in LAYER_LABELS else DASH
+    if isinstance(v, float) and _num(v) is not None:
+        return LAYER_FORMATS.get(col, lambda x: f"{x:g}")(v)
+    return str(v)
 
 
 def layer_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for name, info in (report.get("layers") or {}).items():
-        info = info or {}
-        sp = _num(info.get("sparsity"))
-        rows.append([name, DASH if sp is None else f"{100 * sp:.1f} %",
-                     DASH if info.get("bits") is None else str(info["bits"]),
-                     info.get("precision_reason") or ""])
-    return rows
+    cols = layer_columns(report)
+    return [[name] + [_cell(c, (info or {}).get(c)) for c in cols]
+            for name, info in (report.get("layers") or {}).items()]

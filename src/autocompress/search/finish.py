@@ -6,8 +6,6 @@ import json
 import logging
 import math
 
-import torch
-
 from autocompress.measure import compare, measure
 from autocompress.search.recipe import Recipe
 from autocompress.search.result import Result, TrialRecord
@@ -66,42 +64,32 @@ def blocking_layers(sensitivity: dict, k: int = 3) -> list[str]:
 
 
 def layer_table(model, sensitivity: dict) -> dict[str, dict]:
-    """Per-layer sparsity, bit width and sensitivity for the report."""
+    """Per layer, what each technique reports of it (techniques/, their ``layer_report``: the
+    sparsity, the bit width, ...) and its sensitivity curves, for the report."""
     from torch import nn
 
+    from autocompress.techniques import all_techniques
+    reporters = [t.layer_report for t in all_techniques() if t.layer_report is not None]
     layers: dict[str, dict] = {}
     if model is not None:
-        wrapped = {n for n, m in model.named_modules() if hasattr(m, "w_q")}
+        weights: dict[int, str] = {}
         for name, m in model.named_modules():
-            if name.rpartition(".")[0] in wrapped:   # the float layer inside a quantization wrapper
-                continue
             w = getattr(m, "weight", None)
-            if isinstance(w, nn.Parameter) and w.dim() > 1:
-                layers[name] = {"sparsity": float((w == 0).float().mean()), "bits": _bits_of(m),
-                                "precision_reason": getattr(m, "reason", None), "sensitivity": {}}
+            # a wrapper (fake quantization) shows its inner layer's weight: one row, the wrapper's
+            if not isinstance(w, nn.Parameter) or w.dim() < 2 or id(w) in weights:
+                continue
+            weights[id(w)] = name
+            row: dict = {}
+            for report in reporters:
+                row.update({k: v for k, v in report(m).items() if v is not None or k not in row})
+            layers[name] = row | {"sensitivity": {}}
     from autocompress.search.steps import sensitivity_curves
     for tech, per_layer in sensitivity_curves(sensitivity).items():
         if isinstance(per_layer, dict):
             for layer, curve in per_layer.items():
                 if isinstance(curve, dict):
-                    layers.setdefault(layer, {"sparsity": None, "bits": None, "precision_reason": None,
-                                              "sensitivity": {}})["sensitivity"][tech] = curve
+                    layers.setdefault(layer, {"sensitivity": {}})["sensitivity"][tech] = curve
     return layers
-
-
-def _bits_of(m) -> int | None:
-    """Bits per stored weight: a quantizer's bit width, else what the distinct values need
-    (a clustered layer with 16 shared values is 4 bits), else 32."""
-    import math
-
-    wq = getattr(m, "w_q", None)
-    if wq is not None and getattr(m, "mode", "fp32") != "fp32":
-        return int(wq.bits)
-    w = getattr(m, "weight", None)
-    if w is None:
-        return None
-    n = int(torch.unique(w.detach()[w.detach() != 0]).numel())
-    return max(1, math.ceil(math.log2(n))) if 0 < n <= 256 else 32
 
 
 REMEASURE_S = (3.0, 10.0)   # (quick, normal): the winner's speed-up is timed again this long

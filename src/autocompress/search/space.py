@@ -75,39 +75,40 @@ def to_params(r: Recipe, techniques: Sequence[str]) -> dict:
     return out
 
 
+SEED_EPOCHS = (1.0, 2.0, 4.0, 8.0)   # the fine-tune of seed level i: stronger settings need longer
+
+
 def seed_recipes(budget: Budget, techniques: Sequence[str], quick: bool = False) -> list[Recipe]:
-    """Known-good starting points, cheapest first (post-training only, then short fine-tunes,
-    then the strong combinations). The sampler explores around them afterwards."""
-    has = set(techniques)
-    d = "distill" in has
-    seeds: list[Recipe] = []
-    if "quantize" in has:
-        seeds.append(Recipe(quant="int8", finetune_epochs=0.5))
-    if budget.objective in ("fastest",) or budget.min_speedup:
-        if "structured" in has:
-            # int8 kernels pay off on wide layers (measured ~4x at batch 64 on LeNet-5) but their
-            # quantize/dequantize overhead can eat the gain on thin pruned ones: try both
-            q = "int8" if "quantize" in has else "none"
-            seeds += [Recipe(structured_ratio=0.5, quant=q, distill=d, finetune_epochs=1.0),
-                      Recipe(structured_ratio=0.8, distill=d, finetune_epochs=4.0),
-                      Recipe(structured_ratio=0.9, distill=d, finetune_epochs=8.0),
-                      Recipe(structured_ratio=0.9, quant=q, distill=d, finetune_epochs=8.0)]
-    if budget.objective in ("smallest", "pareto") or budget.min_size_ratio or budget.max_size_bytes:
-        if "prune" in has and "cluster" in has:
-            seeds += [Recipe(sparsity=0.8, cluster_bits=5, distill=d, finetune_epochs=1.0),
-                      Recipe(sparsity=0.9, cluster_bits=4, distill=d, finetune_epochs=2.0),
-                      Recipe(sparsity=0.94, cluster_bits=4, distill=d, finetune_epochs=4.0),
-                      Recipe(sparsity=0.96, cluster_bits=3, distill=d, finetune_epochs=8.0)]
-        elif "prune" in has:
-            seeds += [Recipe(sparsity=0.9, distill=d, finetune_epochs=1.0),
-                      Recipe(sparsity=0.94, distill=d, finetune_epochs=2.0)]
-        elif "cluster" in has:
-            seeds += [Recipe(cluster_bits=5, finetune_epochs=0.5)]
-    if budget.objective == "pareto" and "structured" in has:
-        seeds.append(Recipe(structured_ratio=0.6, sparsity=0.9 if "prune" in has else 0.0,
-                            cluster_bits=5 if "cluster" in has else None, distill=d, finetune_epochs=2.0))
-    if budget.objective == "most_accurate" and "prune" in has:
-        seeds.append(Recipe(sparsity=0.8, distill=d, finetune_epochs=1.0))
-    if quick:
-        seeds = seeds[:3]
-    return seeds
+    """Known-good starting points, cheapest first, from what the techniques declare: their
+    post-training settings (int8 PTQ), then for each kind of target the budget has, level i of
+    every allowed technique serving it combined (mild settings with short fine-tunes first), then
+    the strongest with the post-training settings on top. The sampler explores around them."""
+    has = [_tech.get(t) for t in techniques]
+    base = {"distill": "distill" in techniques}
+    seeds: list[dict] = [dict(t.post_training_seed, finetune_epochs=0.5) for t in has if t.post_training_seed]
+    size = budget.objective in ("smallest", "pareto") or bool(budget.min_size_ratio or budget.max_size_bytes)
+    speed = budget.objective == "fastest" or bool(budget.min_speedup)
+    levels: dict[str, list[dict]] = {}
+    for kind in [k for k, wanted in (("speed", speed), ("size", size)) if wanted]:
+        levels[kind] = _levels([t for t in has if kind in t.serves and t.seed_levels])
+        seeds += levels[kind]
+        post = {k: v for t in has if kind in t.serves and t.post_training_seed for k, v in t.post_training_seed.items()}
+        if levels[kind] and post:
+            seeds.append(levels[kind][-1] | post)
+    if budget.objective == "pareto":
+        # a front wants a point that is both smaller and faster: the second level of everything
+        both = _levels([t for t in has if t.seed_levels])
+        if len(both) > 1:
+            seeds.append(both[1])
+    if budget.objective == "most_accurate":
+        seeds += _levels([t for t in has if "size" in t.serves and t.seed_levels])[:1]
+    recipes = [from_params(base | s) for s in seeds]
+    return recipes[:3] if quick else recipes
+
+
+def _levels(techs) -> list[dict]:
+    """Level i of every technique combined (one with fewer levels keeps its last), with the
+    fine-tune of that level."""
+    n = max((len(t.seed_levels) for t in techs), default=0)
+    return [{k: v for t in techs for k, v in t.seed_levels[min(i, len(t.seed_levels) - 1)].items()}
+            | {"finetune_epochs": SEED_EPOCHS[min(i, len(SEED_EPOCHS) - 1)]} for i in range(n)]

@@ -226,12 +226,11 @@ def measure_sensitivity(model: nn.Module, ctx: TrialContext, techniques) -> dict
     then allocates uniformly) rather than eating the trials' time."""
     import time
 
-    from autocompress.prune import sensitivity
+    from autocompress.techniques import get
     from autocompress.train import evaluate
 
-    plans = {"prune": dict(ratios=(0.5, 0.8, 0.9, 0.95, 0.98), kind="unstructured"),
-             "structured": dict(ratios=(0.25, 0.5, 0.75, 0.9), kind="structured", example_input=ctx.example)}
-    plans = {k: v for k, v in plans.items() if k in techniques}
+    # each technique that can be measured layer by layer declares how (techniques/, its hook)
+    plans = {t: get(t).sensitivity(ctx) for t in techniques if get(t).sensitivity is not None}
     if not plans:
         return {}
     allowed = ctx.deadline.share(SENSITIVITY_SHARE[0 if ctx.quick else 1])
@@ -258,7 +257,7 @@ def measure_sensitivity(model: nn.Module, ctx: TrialContext, techniques) -> dict
     out: dict[str, dict] = {}
     for tech, kw in plans.items():
         try:
-            out[tech] = sensitivity(model, ev, stop=phase.expired, **kw).to_dict()
+            out[tech] = kw["measure"](model, ev, kw["ratios"], phase.expired)
         except TimeoutError as e:
             # a smoke run expects to run out of its small share; a real run has lost its guide
             (log.info if ctx.quick else log.warning)("%s sensitivity abandoned for %s: %s; the search "

@@ -3,6 +3,9 @@ layers holding the shared values. Makes the stored model small, not fast: serves
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from autocompress.techniques.registry import Choice, Step, Technique, register, share
@@ -18,9 +21,18 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
     return strip_clusters_(model)
 
 
+def _stored_bits(m: nn.Module) -> int:
+    """Bits per stored weight that the distinct values need (16 shared values: 4 bits), else 32."""
+    w = m.weight.detach()
+    n = int(torch.unique(w[w != 0]).numel())
+    return max(1, math.ceil(math.log2(n))) if 0 < n <= 256 else 32
+
+
 TECHNIQUE = register(Technique(
     "cluster", serves=frozenset({"size"}), fields=("cluster_bits",),
     choices=(Choice("cluster_bits", (0, 3, 4, 5, 6), 0),),
     steps=(Step(lambda r: r.cluster_bits is not None, run, 0.15),),
+    seed_levels=tuple({"cluster_bits": b} for b in (5, 4, 4, 3)),
+    layer_report=lambda m: {"bits": _stored_bits(m)},
     to_recipe=lambda p: dict(cluster_bits=int(p.get("cluster_bits", 0)) or None),
     from_recipe=lambda r: dict(cluster_bits=r.cluster_bits or 0)))

@@ -26,9 +26,17 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
     return make_permanent(model)
 
 
+def _sensitivity(model: nn.Module, evaluate, ratios, stop) -> dict:
+    from autocompress.prune import sensitivity
+    return sensitivity(model, evaluate, ratios=ratios, kind="unstructured", stop=stop).to_dict()
+
+
 TECHNIQUE = register(Technique(
     "prune", serves=frozenset({"size"}), fields=("sparsity",),
     choices=(Choice("sparsity", (0.0, 0.5, 0.7, 0.8, 0.9, 0.92, 0.94, 0.96, 0.97), 0.0),),
     steps=(Step(lambda r: r.sparsity > 0, run, 0.6),),
+    seed_levels=tuple({"sparsity": s} for s in (0.8, 0.9, 0.94, 0.96)),
+    layer_report=lambda m: {"sparsity": float((m.weight == 0).float().mean())},
+    sensitivity=lambda ctx: {"ratios": (0.5, 0.8, 0.9, 0.95, 0.98), "measure": _sensitivity},
     to_recipe=lambda p: dict(sparsity=float(p.get("sparsity", 0.0))),
     from_recipe=lambda r: dict(sparsity=r.sparsity)))

@@ -30,12 +30,21 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
                 finetune=lambda m: ctx.train(m, recipe, share(recipe, run), desc="QAT"))
 
 
+def _layer(m: nn.Module) -> dict:
+    """A quantized layer's weight bit width, and why mixed precision chose it."""
+    wq = getattr(m, "w_q", None)
+    bits = int(wq.bits) if wq is not None and getattr(m, "mode", "fp32") != "fp32" else None
+    return {"bits": bits, "precision_reason": getattr(m, "reason", None)}
+
+
 TECHNIQUE = register(Technique(
     "quantize", fields=("quant", "weight_bits", "act_bits"),
     choices=(Choice("quant", ("none", "int8", "mixed", "qat"), "none"),
              Choice("weight_bits", (2, 4, 8), 8)),
     steps=(Step(lambda r: r.quant == "qat", run, 0.4),
            Step(lambda r: r.quant in ("int8", "mixed"), run, 0.0)),   # PTQ trains nothing
+    post_training_seed={"quant": "int8"},
+    layer_report=lambda m: _layer(m),
     to_recipe=lambda p: dict(quant=p.get("quant", "none"),
                              weight_bits=int(p.get("weight_bits", 8)) if p.get("quant") in ("qat", "mixed") else 8),
     from_recipe=lambda r: dict(quant=r.quant, weight_bits=r.weight_bits)))

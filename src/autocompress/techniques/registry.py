@@ -47,6 +47,18 @@ class Technique:
     # sampled parameters -> Recipe keyword arguments, and back (for seeding); None: Recipe.options
     to_recipe: Callable[[dict], dict] | None = field(default=None, compare=False)
     from_recipe: Callable[["Recipe"], dict] | None = field(default=None, compare=False)
+    # -- optional hooks (each read by one part; none names a technique) --
+    # seeds (search/space.seed_recipes): this technique's own parameters from mild to strong, for
+    # the budget kinds it serves; the seeds combine level i of every allowed technique
+    seed_levels: tuple[dict, ...] = ()
+    # a setting worth trying first, with no fine-tuning to speak of (int8 PTQ)
+    post_training_seed: dict | None = None
+    # per-layer report (search/finish.layer_table): module -> {column: value}; a later
+    # technique's non-None value wins (quantize's bit width over the distinct values clustering left)
+    layer_report: Callable[[Any], dict] | None = field(default=None, compare=False)
+    # sensitivity (search/steps.measure_sensitivity): ctx -> {"ratios": (...), "measure":
+    # (model, evaluate, ratios, stop) -> a JSON-able result with "ratios" and "scores"}
+    sensitivity: Callable[[Any], dict] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():

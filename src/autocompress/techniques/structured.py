@@ -42,11 +42,19 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
     return ctx.train(model, recipe, share(recipe, run), desc="recover channels", accelerate=True)
 
 
+def _sensitivity(model: nn.Module, evaluate, ratios, stop, example) -> dict:
+    from autocompress.prune import sensitivity
+    return sensitivity(model, evaluate, ratios=ratios, kind="structured", example_input=example, stop=stop).to_dict()
+
+
 TECHNIQUE = register(Technique(
     "structured", serves=frozenset({"speed"}), fields=("structured_ratio", "layer_ratios", "round_to"),
     choices=(Choice("structured_ratio", (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9), 0.0),
              Choice("round_to", (1, 8, 16), 8)),
     steps=(Step(lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), run, 0.5),),
+    seed_levels=tuple({"structured_ratio": s} for s in (0.5, 0.8, 0.9, 0.9)),
+    sensitivity=lambda ctx: {"ratios": (0.25, 0.5, 0.75, 0.9),
+                             "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx.example)},
     to_recipe=lambda p: dict(structured_ratio=float(p.get("structured_ratio", 0.0)),
                              round_to=int(p.get("round_to", 8))),
     from_recipe=lambda r: dict(structured_ratio=r.structured_ratio, round_to=r.round_to)))
