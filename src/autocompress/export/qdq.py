@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -31,219 +30,51 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.export.onnx import ExportError, ParityError, export_onnx, run, session
+from autocompress.export.qdq_graph import (MS, Graph, act_qdq, bias_input, check_node, dq_const, find_weight,
+                                          rename_output, to_np)
 from autocompress.outputs import call_model, pick_output
 from autocompress.quantize.fake_quant import QuantWrapper
 from autocompress.quantize.ptq import float_view, quant_report, wrappers_of
 
 log = logging.getLogger(__name__)
 
-_MS = "com.microsoft"
-
-
-class _Graph:
-    """Mutable view of an ONNX graph: new nodes go before/after/instead of existing ones."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        self.g = model.graph
-        self.inits = {t.name: t for t in self.g.initializer}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in self.g.node:
-            for i in n.input:
-                self.consumers[i].append(n)
-        self.before: dict[int, list[onnx.NodeProto]] = defaultdict(list)
-        self.after: dict[int, list[onnx.NodeProto]] = defaultdict(list)
-        self.replace: dict[int, list[onnx.NodeProto]] = {}
-        self.new_inits: list[TensorProto] = []
-        self.names: set[str] = {t.name for t in self.g.initializer} | {
-            o for n in self.g.node for o in n.output} | {i.name for i in self.g.input}
-        self.qdq_cache: dict[tuple, str] = {}
-        self.uses_ms = False
-
-    def fresh(self, base: str) -> str:
-        base = base.replace(":", "_")
-        name, i = base, 0
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
-
-    def const(self, base: str, arr: np.ndarray) -> str:
-        name = self.fresh(base)
-        self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        return name
-
-    def finish(self, report: dict[str, Any]) -> onnx.ModelProto:
-        nodes = []
-        for n in self.g.node:
-            nodes += self.before.get(id(n), [])
-            for r in self.replace.get(id(n), [n]):   # replacement nodes may carry their own Q/DQ
-                if r is not n:
-                    nodes += self.before.get(id(r), [])
-                nodes.append(r)
-                nodes += self.after.get(id(r), [])
-            if id(n) in self.replace:
-                nodes += self.after.get(id(n), [])
-        used = {i for n in nodes for i in n.input}
-        keep = [t for t in self.g.initializer if t.name in used]
-        del self.g.node[:]
-        self.g.node.extend(nodes)
-        del self.g.initializer[:]
-        self.g.initializer.extend(keep + [t for t in self.new_inits if t.name in used])
-        del self.g.value_info[:]     # shapes of rewritten tensors are stale; the runtime re-infers
-        if self.uses_ms and not any(o.domain == _MS for o in self.model.opset_import):
-            self.model.opset_import.append(helper.make_opsetid(_MS, 1))
-        del self.model.metadata_props[:]
-        self.model.metadata_props.append(
-            onnx.StringStringEntryProto(key="autocompress.quantization", value=json.dumps(report)))
-        return self.model
-
-
-# -- locating a layer in the graph ----------------------------------------------------------------
-
-def _find_weight(G: _Graph, name: str, w: np.ndarray) -> tuple[onnx.NodeProto, str, bool]:
-    """(consumer node, initializer name, transposed?) of layer ``name``'s weight ``w`` (C_out, ...).
-
-    The exporters keep ``<module path>.weight`` for Conv/Gemm; MatMul weights become transposed
-    constants with generated names, found by exact value. Several equal candidates = ambiguous."""
-    def match(cand: str) -> bool | None:
-        t = G.inits.get(cand)
-        if t is None or len(G.consumers.get(cand, [])) != 1:
-            return None
-        if tuple(t.dims) == w.shape and np.array_equal(numpy_helper.to_array(t), w):
-            return False
-        if w.ndim == 2 and tuple(t.dims) == w.shape[::-1] and np.array_equal(numpy_helper.to_array(t), w.T):
-            return True
-        return None
-
-    by_name = match(f"{name}.weight")
-    if by_name is not None:
-        return G.consumers[f"{name}.weight"][0], f"{name}.weight", by_name
-    found = [(c, tr) for c in G.inits if (tr := match(c)) is not None]
-    if len(found) > 1:
-        raise ExportError(f"{name}: {len(found)} initializers equal this layer's weight "
-                          f"({[c for c, _ in found][:4]}): cannot tell which node is this layer")
-    if not found:
-        raise ExportError(f"{name}: cannot find this layer's weight in the exported ONNX graph "
-                          "(renamed and transformed by the exporter?); try exporter='torchscript'")
-    cand, transposed = found[0]
-    return G.consumers[cand][0], cand, transposed
-
-
-def _check_node(name: str, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
-    ok = {"Conv": (1, False), "Gemm": (1, None), "MatMul": (1, True)}.get(node.op_type)
-    if ok is None or list(node.input).index(wname) != ok[0]:
-        raise ExportError(f"{name}: weight feeds an unexpected ONNX node {node.op_type}{list(node.input)}")
-    if node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-            raise ExportError(f"{name}: Gemm with transA/alpha/beta is not supported")
-        if bool(attrs.get("transB", 0)) == transposed:
-            raise ExportError(f"{name}: Gemm transB does not match the weight layout")
-
-
-def _bias_input(G: _Graph, node: onnx.NodeProto, b: np.ndarray | None, name: str = "") -> tuple | None:
-    """Where the bias enters (Conv/Gemm input 2, or the Add after a MatMul); None if none or all-zero."""
-    if b is None or (not np.any(b) and not (node.op_type in ("Conv", "Gemm") and len(node.input) > 2)):
-        return None
-    if node.op_type in ("Conv", "Gemm"):
-        if len(node.input) > 2 and node.input[2]:
-            return node, 2
-        raise ExportError(f"{name or node.name}: the layer has a bias but its ONNX node {node.name} has none")
-    users = G.consumers.get(node.output[0], [])
-    if len(users) == 1 and users[0].op_type == "Add":
-        add = users[0]
-        for i, t in enumerate(add.input):
-            if t in G.inits and np.array_equal(numpy_helper.to_array(G.inits[t]).reshape(-1), b):
-                return add, i
-    raise ExportError(f"{name or node.name}: cannot find the bias Add after its MatMul {node.name}")
-
-
-# -- building blocks ---------------------------------------------------------------------------
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().float().numpy()
-
-
-def _act_qdq(G: _Graph, tensor: str, q, prefix: str) -> tuple[list[onnx.NodeProto], str]:
-    """Q/DQ of an activation with quantizer ``q``'s grid; returns (nodes, dequantized tensor)."""
-    scale, zp, qmin, qmax = q.params()
-    s, z = np.float32(float(scale.detach())), int(round(float(zp.detach())))
-    signed = qmin < 0
-    nodes: list[onnx.NodeProto] = []
-    src = tensor
-    dtype_min, dtype_max = (-128, 127) if signed else (0, 255)
-    if (qmin, qmax) != (dtype_min, dtype_max):
-        lo = np.float32((qmin - z) * s)
-        hi = np.float32((qmax - z) * s)
-        out = G.fresh(f"{prefix}_clip")
-        nodes.append(helper.make_node("Clip", [src, G.const(f"{prefix}_lo", lo), G.const(f"{prefix}_hi", hi)],
-                                      [out], name=G.fresh(f"{prefix}/Clip")))
-        src = out
-    s_name = G.const(f"{prefix}_scale", np.array(s, dtype=np.float32))
-    z_name = G.const(f"{prefix}_zero_point", np.array(z, dtype=np.int8 if signed else np.uint8))
-    qn, dqn = G.fresh(f"{prefix}_q"), G.fresh(f"{prefix}_dq")
-    nodes.append(helper.make_node("QuantizeLinear", [src, s_name, z_name], [qn], name=G.fresh(f"{prefix}/Q")))
-    nodes.append(helper.make_node("DequantizeLinear", [qn, s_name, z_name], [dqn], name=G.fresh(f"{prefix}/DQ")))
-    return nodes, dqn
-
-
-def _dq_const(G: _Graph, prefix: str, q: np.ndarray, scale: np.ndarray, axis: int) -> tuple[onnx.NodeProto, str]:
-    s_name = G.const(f"{prefix}_scale", scale.astype(np.float32))
-    z_name = G.const(f"{prefix}_zero_point", np.zeros(scale.shape, dtype=q.dtype))
-    q_name = G.const(f"{prefix}_quantized", q)
-    out = G.fresh(f"{prefix}_dq")
-    attrs = {"axis": axis} if scale.ndim == 1 else {}
-    return helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out],
-                            name=G.fresh(f"{prefix}/DQ"), **attrs), out
-
-
-def _rename_output(G: _Graph, node: onnx.NodeProto, idx: int, base: str) -> tuple[str, str]:
-    """Give ``node``'s output a new name; returns (new raw name, original name for the DQ)."""
-    orig = node.output[idx]
-    raw = G.fresh(f"{base}_raw")
-    node.output[idx] = raw
-    return raw, orig
-
-
 # -- per-mode rewrites -------------------------------------------------------------------------
 
-def _input_qdq(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto) -> None:
+def _input_qdq(G: Graph, name: str, w: QuantWrapper, node: onnx.NodeProto) -> None:
     key = (node.input[0],) + tuple(float(v.detach()) for v in w.in_q.params()[:2]) + w.in_q.params()[2:]
     if key not in G.qdq_cache:     # consumers of one tensor with one grid share a Q/DQ pair
-        nodes, dq = _act_qdq(G, node.input[0], w.in_q, f"{name}.input")
+        nodes, dq = act_qdq(G, node.input[0], w.in_q, f"{name}.input")
         G.before[id(node)] += nodes
         G.qdq_cache[key] = dq
     node.input[0] = G.qdq_cache[key]
 
 
-def _output_qdq(G: _Graph, name: str, w: QuantWrapper, tail: onnx.NodeProto) -> None:
+def _output_qdq(G: Graph, name: str, w: QuantWrapper, tail: onnx.NodeProto) -> None:
     if w.out_q.enabled:
-        raw, orig = _rename_output(G, tail, 0, f"{name}.output")
-        nodes, _ = _act_qdq(G, raw, w.out_q, f"{name}.output")
+        raw, orig = rename_output(G, tail, 0, f"{name}.output")
+        nodes, _ = act_qdq(G, raw, w.out_q, f"{name}.output")
         nodes[-1].output[0] = orig       # consumers and graph outputs keep reading the old name
         G.after[id(tail)] += nodes
 
 
-def _static(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
+def _static(G: Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
     if w.storage == "packed" and w.w_q.bits <= 4 and node.op_type in ("Gemm", "MatMul"):
         return _static_packed(G, name, w, node)
     _input_qdq(G, name, w, node)
     # weights: (C_out, ...) int8 with per-channel (axis 0, or 1 when the graph stores W^T)
-    wq = _np(w.w_q.integer(w.weight)).astype(np.int8)
-    scale = _np(w.w_q.scale)
-    dq, out = _dq_const(G, f"{name}.weight", wq.T if transposed else wq, scale, 1 if transposed else 0)
+    wq = to_np(w.w_q.integer(w.weight)).astype(np.int8)
+    scale = to_np(w.w_q.scale)
+    dq, out = dq_const(G, f"{name}.weight", wq.T if transposed else wq, scale, 1 if transposed else 0)
     G.before[id(node)].append(dq)
     node.input[1] = out
     bias = w.bias
-    where = _bias_input(G, node, _np(bias) if bias is not None else None, name)
+    where = bias_input(G, node, to_np(bias) if bias is not None else None, name)
     if where is not None:
         bnode, bi = where
         bs = w.bias_scale().detach()
         bs = bs.expand(bias.shape[0]) if bs.numel() == 1 else bs
         bq = torch.clamp(torch.round(bias.detach() / bs), -2 ** 31, 2 ** 31 - 1)
-        dqb, bout = _dq_const(G, f"{name}.bias", _np(bq).astype(np.int32), _np(bs), 0)
+        dqb, bout = dq_const(G, f"{name}.bias", to_np(bq).astype(np.int32), to_np(bs), 0)
         G.before[id(bnode)].append(dqb)
         bnode.input[bi] = bout
     _output_qdq(G, name, w, where[0] if where is not None and where[0] is not node else node)
@@ -258,31 +89,31 @@ def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _static_packed(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto) -> None:
+def _static_packed(G: Graph, name: str, w: QuantWrapper, node: onnx.NodeProto) -> None:
     """Sub-8-bit static Linear stored at its bit width: Q/DQ input -> MatMulNBits (2- or 4-bit codes,
     the per-channel scale repeated over blocks of <= 256, the op's limit) -> + bias -> Q/DQ output."""
     _input_qdq(G, name, w, node)
     bits = 2 if w.w_q.bits <= 2 else 4
-    ints = _np(w.w_q.integer(w.weight)).astype(np.int64)          # (N, K), symmetric, zero point 0
+    ints = to_np(w.w_q.integer(w.weight)).astype(np.int64)          # (N, K), symmetric, zero point 0
     n_out, k = ints.shape
     block = min(256, max(16, 1 << (k - 1).bit_length()))
     groups = -(-k // block)
     offset = 2 ** (bits - 1)                                      # MatMulNBits' default zero point
     codes = np.full((n_out, groups * block), offset, dtype=np.int64)
     codes[:, :k] = ints + offset
-    scale = np.broadcast_to(_np(w.w_q.scale).reshape(-1, 1), (n_out, groups)).astype(np.float32)
+    scale = np.broadcast_to(to_np(w.w_q.scale).reshape(-1, 1), (n_out, groups)).astype(np.float32)
     ins = [node.input[0], G.const(f"{name}.weight_int{bits}", _pack(codes.reshape(n_out, groups, block), bits)),
            G.const(f"{name}.weight_scale", scale.reshape(-1))]
     mm = G.fresh(f"{name}_matmul")
-    nodes = [helper.make_node("MatMulNBits", ins, [mm], name=G.fresh(f"{name}/MatMulNBits"), domain=_MS,
+    nodes = [helper.make_node("MatMulNBits", ins, [mm], name=G.fresh(f"{name}/MatMulNBits"), domain=MS,
                               K=k, N=n_out, bits=bits, block_size=block)]
     G.uses_ms = True
     qb = w.quantized_bias()
-    where = _bias_input(G, node, _np(w.bias) if w.bias is not None else None, name)
+    where = bias_input(G, node, to_np(w.bias) if w.bias is not None else None, name)
     if node.op_type == "Gemm":
         tail_out = list(node.output)
         if qb is not None:      # the int32-grid bias, as float: exactly what the simulation adds
-            nodes.append(helper.make_node("Add", [mm, G.const(f"{name}.bias_dq", _np(qb))], tail_out,
+            nodes.append(helper.make_node("Add", [mm, G.const(f"{name}.bias_dq", to_np(qb))], tail_out,
                                           name=G.fresh(f"{name}/Add")))
         else:
             nodes[0].output[0] = tail_out[0]
@@ -294,14 +125,14 @@ def _static_packed(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto) 
         tail = nodes[0]
         if where is not None:
             add, i = where
-            add.input[i] = G.const(f"{name}.bias_dq", _np(qb))
+            add.input[i] = G.const(f"{name}.bias_dq", to_np(qb))
             tail = add
     _output_qdq(G, name, w, tail)
 
 
-def _dynamic(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
-    wq = _np(w.w_q.integer(w.weight)).astype(np.int8)          # (N, K)
-    scale = _np(w.w_q.scale).reshape(-1)
+def _dynamic(G: Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
+    wq = to_np(w.w_q.integer(w.weight)).astype(np.int8)          # (N, K)
+    scale = to_np(w.w_q.scale).reshape(-1)
     n_out = wq.shape[0]
     scale = np.broadcast_to(scale, (n_out,)).astype(np.float32)
     ins = [node.input[0], G.const(f"{name}.weight_quantized", np.ascontiguousarray(wq.T)),
@@ -309,29 +140,29 @@ def _dynamic(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname:
     if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
         ins.append(node.input[2])
     G.replace[id(node)] = [helper.make_node("DynamicQuantizeMatMul", ins, list(node.output),
-                                            name=G.fresh(f"{name}/DynamicQuantizeMatMul"), domain=_MS)]
+                                            name=G.fresh(f"{name}/DynamicQuantizeMatMul"), domain=MS)]
     G.uses_ms = True
 
 
-def _weight_only(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
+def _weight_only(G: Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
     wq = w.w_q
-    codes = _np(wq.integer(w.weight)).astype(np.int32)            # (N, G, block)
+    codes = to_np(wq.integer(w.weight)).astype(np.int32)            # (N, G, block)
     if wq.symmetric:
         codes = codes + 8                                         # MatMulNBits default zero point is 8
     n_out, groups, block = codes.shape
     k = w.weight.shape[1]
     packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)   # (N, G, block/2), low nibble first
     ins = [node.input[0], G.const(f"{name}.weight_int4", packed),
-           G.const(f"{name}.weight_scale", _np(wq.scale).reshape(-1).astype(np.float32))]
+           G.const(f"{name}.weight_scale", to_np(wq.scale).reshape(-1).astype(np.float32))]
     if not wq.symmetric:
-        zp = _np(wq.zero_point).astype(np.int32)                  # (N, G)
+        zp = to_np(wq.zero_point).astype(np.int32)                  # (N, G)
         if groups % 2:
             zp = np.pad(zp, ((0, 0), (0, 1)))
         ins.append(G.const(f"{name}.weight_zero_point", (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8).reshape(-1)))
     out = list(node.output)
     has_bias = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
     mm_out = [G.fresh(f"{name}_matmul")] if has_bias else out
-    nodes = [helper.make_node("MatMulNBits", ins, mm_out, name=G.fresh(f"{name}/MatMulNBits"), domain=_MS,
+    nodes = [helper.make_node("MatMulNBits", ins, mm_out, name=G.fresh(f"{name}/MatMulNBits"), domain=MS,
                               K=k, N=n_out, bits=4, block_size=block)]
     if has_bias:
         nodes.append(helper.make_node("Add", [mm_out[0], node.input[2]], out, name=G.fresh(f"{name}/Add")))
@@ -339,9 +170,9 @@ def _weight_only(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wn
     G.uses_ms = True
 
 
-def _fp16(G: _Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
+def _fp16(G: Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: str, transposed: bool) -> None:
     targets = [(node, 1)]
-    where = _bias_input(G, node, _np(w.bias) if w.bias is not None else None, name)
+    where = bias_input(G, node, to_np(w.bias) if w.bias is not None else None, name)
     if where is not None:
         targets.append(where)          # Conv/Gemm input 2, or the Add after a MatMul
     for n, i in targets:
@@ -380,13 +211,13 @@ def export_quantized(model: torch.nn.Module, example: torch.Tensor, path: str | 
     with tempfile.TemporaryDirectory() as tmp:
         fp = export_onnx(float_view(model), example, Path(tmp) / "float.onnx", exporter=exporter, opset=opset)
         onnx_model = onnx.load(str(fp))
-    G = _Graph(onnx_model)
+    G = Graph(onnx_model)
     for name, w in wrappers.items():
         if w.mode == "fp32":
             continue
-        wt = _np(w.weight)
-        node, wname, transposed = _find_weight(G, name, wt)
-        _check_node(name, node, wname, transposed)
+        wt = to_np(w.weight)
+        node, wname, transposed = find_weight(G, name, wt)
+        check_node(name, node, wname, transposed)
         if w.mode in ("dynamic", "weight_only") and node.op_type == "Conv":
             raise ExportError(f"{name}: mode {w.mode} supports Linear layers only")
         _REWRITES[w.mode](G, name, w, node, wname, transposed)
