@@ -132,6 +132,27 @@ def test_huffman_beats_fixed_width_on_skewed_symbols():
     assert len(data) <= len(huff)
 
 
+def test_long_streams_round_trip_through_fast_paths():
+    """Bit packing of every width, the multi-symbol Huffman walk, and planned coding of long streams
+    (sampled estimates, one coder run) decode back exactly; a truncated long Huffman stream is refused."""
+    rng = np.random.default_rng(2)
+    for width in (1, 3, 8, 11, 26):
+        sym = rng.integers(0, 1 << width, 3001)
+        assert np.array_equal(entropy.unpack_bits(entropy.pack_bits(sym, width), len(sym), width), sym)
+    sym = np.minimum(rng.geometric(0.4, 300_000) - 1, 40)
+    data = entropy.huffman_encode(sym, 41)
+    assert np.array_equal(entropy.huffman_decode(data, len(sym), 41), sym)
+    with pytest.raises(entropy.CodecError):
+        entropy.huffman_decode(data[:len(data) // 2], len(sym), 41)
+    for s in (sym, rng.integers(0, 256, 200_000)):          # compressible and incompressible
+        alphabet = int(s.max()) + 1
+        plan = entropy.plan(s, alphabet)
+        assert plan.data is None                           # long: estimated, not tried with every coder
+        coder, data = entropy.encode_planned(s, alphabet, plan)
+        assert np.array_equal(entropy.decode(coder, data, len(s), alphabet), s)
+        assert len(data) <= 1.05 * plan.est + 64
+
+
 # -- storage ---------------------------------------------------------------------------------
 
 def _round_trip(model, x, tmp_path, **kw):
@@ -249,3 +270,29 @@ def test_storage_errors(tmp_path):
         load_compressed(path)
     with pytest.raises(StorageError, match="PlainCNN"):
         load_compressed(path, model_factory=lambda: build("mlp")[0])
+
+
+def test_pruned_fp32_is_stored_sparse_and_format_1_still_loads(tmp_path):
+    """Format 2 stores a pruned unclustered weight as its non-zeros plus positions (far smaller than
+    its dense bytes); a format-1 file (dense encodings only) still loads."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    with torch.no_grad():
+        w = model[0].weight
+        w[torch.rand_like(w) < 0.9] = 0
+    x = torch.randn(4, 64)
+    n, _, path = _round_trip(model, x, tmp_path)
+    fc0 = next(r for r in artifact_info(path)["tensors"] if r["name"] == "0.weight")
+    assert fc0["enc"] == "raw" and fc0["layout"] == "sparse"
+    assert fc0["bytes"] < 0.3 * 64 * 128 * 4
+    import zlib
+
+    from autocompress.encode.storage import _HEAD, MAGIC
+    dense = nn.Sequential(nn.Linear(8, 4))
+    p1 = tmp_path / "v1.acz"
+    save_compressed(dense, p1)
+    data = p1.read_bytes()
+    payload = data[_HEAD.size:]
+    p1.write_bytes(_HEAD.pack(MAGIC, 1, zlib.crc32(payload), len(payload)) + payload)
+    loaded = load_compressed(p1)
+    assert torch.equal(loaded[0].weight, dense[0].weight)

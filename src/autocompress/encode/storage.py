@@ -9,7 +9,8 @@ File layout (little endian)::
 pickle or arbitrary code) and, per state-dict tensor, its encoding and the (coder, count, alphabet,
 size) of each of its streams. Every tensor is encoded in each applicable way and the smallest is kept:
 
-- ``raw``: its bytes (fp32 stored as fp16 when that is exact), optionally byte-plane shuffled;
+- ``raw``: its bytes (fp32 stored as fp16 when that is exact), optionally byte-plane shuffled; from
+  format 2 also sparse: the non-zero values' bytes plus their positions (below);
 - ``codebook``: <= 256 distinct non-zero fp32 values (weight sharing): codebook (fp16 if exact) plus
   one index per weight;
 - ``int8grid``: fp32 weights equal to ``q * scale[channel]`` with int8 ``q`` (quantized models);
@@ -45,9 +46,10 @@ from autocompress.encode.archspec import ArchError, describe, rebuild
 log = logging.getLogger(__name__)
 
 MAGIC = b"ACMP"
-VERSION = 1
+VERSION = 2                  # 2: raw tensors may be sparse (pruned fp32); 1 is still read
 _HEAD = struct.Struct("<4sBII")          # magic, version, crc32, payload length
 _GAP_CAPS = (15, 31, 63, 127, 255)
+_EST_MARGIN = 0.03                       # how far off a sampled size estimate may be
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
            "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
@@ -58,17 +60,39 @@ class StorageError(ValueError):
     """The artifact is not an autocompress file, is truncated or corrupted, or does not fit the model."""
 
 
-Streams = list[tuple[str, int, int, bytes]]       # (coder, n symbols, alphabet, data)
+Coded = tuple[str, int, int, bytes]               # (coder, n symbols, alphabet, data)
 
 
 # -- streams -------------------------------------------------------------------------------
 
-def _enc(sym: np.ndarray, alphabet: int) -> tuple[str, int, int, bytes]:
-    coder, data = entropy.encode_best(sym, alphabet)
-    return coder, len(sym), alphabet, data
+class _Stream:
+    """A symbol stream whose size is known (exactly, or estimated for a long one) before it is coded;
+    coding happens only for the candidates that may win, once (sparse layouts share their values)."""
+
+    def __init__(self, sym: np.ndarray, alphabet: int) -> None:
+        self.sym, self.alphabet = sym, alphabet
+        self.plan = entropy.plan(sym, alphabet)
+        self._coded: Coded | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.plan.data is not None
+
+    def coded(self) -> Coded:
+        if self._coded is None:
+            coder, data = entropy.encode_planned(self.sym, self.alphabet, self.plan)
+            self._coded = (coder, len(self.sym), self.alphabet, data)
+        return self._coded
 
 
-def _enc_bytes(raw: bytes) -> tuple[str, int, int, bytes]:
+Streams = list[_Stream]
+
+
+def _enc(sym: np.ndarray, alphabet: int) -> _Stream:
+    return _Stream(sym, alphabet)
+
+
+def _enc_bytes(raw: bytes) -> _Stream:
     return _enc(np.frombuffer(raw, dtype=np.uint8), 256)
 
 
@@ -81,27 +105,38 @@ def _layout(dsym: np.ndarray, alphabet: int, zero: int | None) -> list[tuple[dic
     vals = dsym[nz]
     vals = vals - (vals > zero)                  # the zero symbol never appears among non-zeros
     vstream = _enc(vals, max(1, alphabet - 1))
+    return out + [(lay, [tok, vstream]) for lay, tok in _gap_layouts(nz)]
+
+
+def _gap_layouts(nz: np.ndarray) -> list[tuple[dict, _Stream]]:
+    """Per gap cap: the positions ``nz`` of the non-zeros as gap tokens (see the module docstring)."""
+    out = []
     gaps = np.diff(nz, prepend=-1) - 1           # zeros skipped before each non-zero
     for cap in _GAP_CAPS:
         fill = gaps // cap                       # "skip cap" tokens before the remainder
         tokens = np.full(int(fill.sum() + len(gaps)), cap, dtype=np.int64)
         ends = np.cumsum(fill + 1) - 1           # where each remainder token goes
         tokens[ends] = gaps - fill * cap
-        out.append(({"layout": "sparse", "cap": cap, "nnz": int(len(nz))},
-                    [_enc(tokens, cap + 1), vstream]))
+        out.append(({"layout": "sparse", "cap": cap, "nnz": int(len(nz))}, _enc(tokens, cap + 1)))
     return out
+
+
+def _positions(meta: dict, tokens: np.ndarray, numel: int) -> np.ndarray:
+    cap = int(meta["cap"])
+    adv = tokens + (tokens != cap)               # a value token consumes its own position too
+    pos = np.cumsum(adv)[tokens != cap] - 1
+    if len(pos) != int(meta["nnz"]) or (len(pos) and (pos[-1] >= numel or pos.min() < 0)):
+        raise StorageError("sparse positions fall outside the tensor")
+    return pos
 
 
 def _unlayout(meta: dict, streams: list[np.ndarray], numel: int, zero: int | None) -> np.ndarray:
     if meta["layout"] == "dense":
         return streams[0]
-    cap, tokens, vals = int(meta["cap"]), streams[0], streams[1]
+    tokens, vals = streams[0], streams[1]
     if zero is None or len(vals) != int(meta["nnz"]):
         raise StorageError("sparse layout is inconsistent")
-    adv = tokens + (tokens != cap)               # a value token consumes its own position too
-    pos = np.cumsum(adv)[tokens != cap] - 1
-    if len(pos) != len(vals) or (len(pos) and (pos[-1] >= numel or pos.min() < 0)):
-        raise StorageError("sparse positions fall outside the tensor")
+    pos = _positions(meta, tokens, numel)
     dsym = np.full(numel, zero, dtype=np.int64)
     dsym[pos] = vals + (vals >= zero)
     return dsym
@@ -138,19 +173,32 @@ def _raw_candidates(t: torch.Tensor, hint: Any) -> list[tuple[dict, Streams]]:
         planes = arr.reshape(-1, item).T.reshape(-1)     # byte planes: exponents compress together
         out.append(({"enc": "raw", "as": _DTYPE_NAMES[stored.dtype], "shuffle": True},
                     [_enc(planes, 256)]))
+    flat = stored.reshape(-1)
+    nz = torch.nonzero(flat).reshape(-1).numpy() if stored.is_floating_point() else np.zeros(0)
+    if 0 < len(nz) <= flat.numel() // 2:         # pruned: the non-zeros and where they are (format 2)
+        vals = flat[torch.from_numpy(nz)].contiguous().view(torch.uint8).numpy()
+        vstream = _enc(vals.reshape(-1, item).T.reshape(-1), 256)
+        head = {"enc": "raw", "as": _DTYPE_NAMES[stored.dtype], "shuffle": True}
+        out += [({**head, **lay}, [tok, vstream]) for lay, tok in _gap_layouts(nz)]
     return out
 
 
 def _raw_decode(meta: dict, streams: list[np.ndarray], numel: int, dtype: torch.dtype,
                 shape: tuple[int, ...]) -> torch.Tensor:
-    arr = streams[0].astype(np.uint8)
     as_dt = _DTYPES[meta["as"]]
     item = torch.empty(0, dtype=as_dt).element_size()
+    sparse = meta.get("layout") == "sparse"
+    arr = streams[1 if sparse else 0].astype(np.uint8)
+    count = int(meta["nnz"]) if sparse else numel
+    if arr.size != count * item:
+        raise StorageError(f"raw stream holds {arr.size} bytes, expected {count * item}")
     if meta["shuffle"]:
         arr = arr.reshape(item, -1).T.reshape(-1)
-    if arr.size != numel * item:
-        raise StorageError(f"raw stream holds {arr.size} bytes, expected {numel * item}")
-    t = torch.from_numpy(arr.copy()).view(as_dt)
+    vals = torch.from_numpy(arr.copy()).view(as_dt)
+    if not sparse:
+        return vals.to(dtype)
+    t = torch.zeros(numel, dtype=as_dt)
+    t[torch.from_numpy(_positions(meta, streams[0], numel))] = vals
     return t.to(dtype)
 
 
@@ -158,7 +206,9 @@ def _codebook_candidates(t: torch.Tensor, hint: Any) -> list[tuple[dict, Streams
     if t.dtype != torch.float32 or t.numel() < 16:
         return []
     bits = _f32_bits(t)
-    uniq, inv = np.unique(bits, return_inverse=True)      # bit patterns: -0.0 and NaNs kept exact
+    if len(np.unique(bits[:4096])) > 257:                 # cheap early no for unshared weights
+        return []
+    uniq = np.unique(bits)                                # bit patterns: -0.0 and NaNs kept exact
     has_zero = bool((uniq == 0).any())
     nonzero = uniq[uniq != 0]
     if len(nonzero) > 256 or len(nonzero) * 4 > t.numel():
@@ -200,8 +250,12 @@ def _int8grid_candidates(t: torch.Tensor, hint: Any) -> list[tuple[dict, Streams
     if t.dtype != torch.float32 or t.ndim < 1 or t.numel() < 16:
         return []
     w = t.detach().reshape(t.shape[0], -1)
+    rows = max(1, 4096 // max(1, w.shape[1]))            # a few rows first: a cheap early no
     for s in _grid_scales(t, hint):
         if s.numel() != t.shape[0] or not torch.all(s > 0) or not torch.isfinite(s).all():
+            continue
+        head_q = torch.round(w[:rows] / s[:rows, None]).clamp(-128, 127)
+        if not torch.equal((head_q * s[:rows, None]).view(torch.int32), w[:rows].contiguous().view(torch.int32)):
             continue
         q = torch.round(w / s[:, None]).clamp(-128, 127)
         if torch.equal((q * s[:, None]).view(torch.int32), w.contiguous().view(torch.int32)):
@@ -261,7 +315,7 @@ def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
-def _encode_tensor(name: str, t: torch.Tensor, hint: Any) -> tuple[dict, Streams]:
+def _encode_tensor(name: str, t: torch.Tensor, hint: Any) -> tuple[dict, list[Coded]]:
     t = t.detach().cpu().contiguous()
     if t.dtype not in _DTYPE_NAMES:
         raise StorageError(f"tensor {name!r} has dtype {t.dtype}, which the artifact cannot store")
@@ -271,18 +325,26 @@ def _encode_tensor(name: str, t: torch.Tensor, hint: Any) -> tuple[dict, Streams
         # -0.0 (from masking by multiplication, w * 0) is stored as +0.0: equal as numbers, so every
         # output compares equal, and it lets the zero be the sparse "nothing here" symbol
         t = torch.where(t == 0, torch.zeros((), dtype=t.dtype), t)
-    best: tuple[dict, Streams] | None = None
-    size = lambda c: sum(len(s[3]) for s in c[1]) + 8 * len(c[1])   # streams + their meta, roughly
-    for make in _CANDIDATES:
-        for cand in make(t, hint):
-            if best is not None and size(cand) >= size(best):
-                continue
-            decoded = _decode_tensor(cand[0], [entropy.decode(c, d, n, a) for c, n, a, d in cand[1]],
-                                     tuple(t.shape), t.dtype)
-            if _bit_equal(decoded, t):           # only exact encodings are ever kept
-                best = cand
-            else:
-                log.debug("%s: %s encoding not exact, skipped", name, cand[0].get("enc"))
+    cands = [c for make in _CANDIDATES for c in make(t, hint)]
+    est = [sum(st.plan.est for st in c[1]) + 8 * len(c[1]) for c in cands]   # streams + their meta
+    best: tuple[dict, list[Coded]] | None = None
+    best_size = 0
+    for i in sorted(range(len(cands)), key=est.__getitem__):       # stable: ties keep their order
+        meta, streams = cands[i]
+        # an estimate may be off by a few percent: such a candidate is coded and measured if close
+        slack = 1.0 if all(st.exact for st in streams) else 1.0 - _EST_MARGIN
+        if best is not None and est[i] * slack >= best_size:
+            continue
+        coded = [st.coded() for st in streams]
+        size = sum(len(c[3]) for c in coded) + 8 * len(coded)
+        if best is not None and size >= best_size:
+            continue
+        decoded = _decode_tensor(meta, [entropy.decode(c, d, n, a) for c, n, a, d in coded],
+                                 tuple(t.shape), t.dtype)
+        if _bit_equal(decoded, t):               # only exact encodings are ever kept
+            best, best_size = (meta, coded), size
+        else:
+            log.debug("%s: %s encoding not exact, skipped", name, meta.get("enc"))
     if best is None:
         raise StorageError(f"tensor {name!r}: no exact encoding found")
     return best
