@@ -92,6 +92,31 @@ def test_structured_round_to_exclude_and_per_layer():
     assert ch["fc1"] == 8
 
 
+def test_rounded_ratio_keeps_the_nearest_multiple():
+    from autocompress.prune.structured import rounded_ratio
+    def kept(r, c, rt):     # what torch-pruning keeps for that ratio
+        return int(c * (1 - rounded_ratio(r, c, rt)))
+    assert kept(0.5, 20, 8) == 8 and kept(0.4, 20, 8) == 16 and kept(0.3, 20, 8) == 16
+    assert kept(0.9, 50, 8) == 8                        # never below round_to (torch-pruning's went to 0)
+    assert rounded_ratio(0.5, 6, 8) == 0.0              # too small to round: kept whole
+    assert kept(0.01, 500, 8) == 496 and rounded_ratio(0.001, 496, 8) == 0.0
+    assert rounded_ratio(0.3, 20, None) == 0.3
+
+
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_mac_target_reached_with_rounded_channels(round_to):
+    """LeNet-5's conv1 (20 channels) steps 16 -> 8 with round_to=8, a jump of tens of points of MACs:
+    the solver pins it and goes on with the other layers (it reached 16.8 % at most before)."""
+    from autocompress.models.lenet import LeNet5
+    torch.manual_seed(0)
+    model, x = LeNet5().eval(), torch.randn(2, 1, 28, 28)
+    before = model_cost(model, x, "macs")
+    prune_channels_(model, StructuredPruneConfig(target="macs", amount=0.5, round_to=round_to), x)
+    assert 0.5 <= 1 - model_cost(model, x, "macs") / before <= 0.53
+    counts = channel_counts(model)
+    assert all(c % round_to == 0 for n, c in counts.items() if n != "fc2"), counts
+
+
 def test_structured_depthwise_groups_stay_consistent():
     model, x = build("depthwise_cnn")
     prune_channels_(model, StructuredPruneConfig(ratio=0.5), x)

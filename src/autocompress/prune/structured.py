@@ -19,7 +19,9 @@ ModelOutputs (:func:`autocompress.outputs.pick_output` chooses the logits).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal
 
@@ -177,34 +179,82 @@ def _out_channels(m: nn.Module) -> int:
 
 
 def _layer_ratios(model: nn.Module, example: torch.Tensor, cfg: StructuredPruneConfig,
-                  scale: float = 1.0) -> dict[str, float]:
+                  scale: float = 1.0, pinned: dict[str, float] | None = None) -> dict[str, float]:
     """Ratio for every prunable layer: its ``per_layer`` entry (last match wins) or ``ratio``, times
     ``scale``, capped so at least one channel survives (torch-pruning silently skips a layer that
-    would lose all of them, which would make the cost non-monotone in the ratio)."""
+    would lose all of them, which would make the cost non-monotone in the ratio). ``pinned``: layers
+    whose ratio the MAC solver fixed (not scaled)."""
     out = {}
     for n, m in prunable_layers(model, example, cfg).items():
         hit = [v for k, v in cfg.per_layer.items() if matches([k], n)]
         c = _out_channels(m)
-        out[n] = max(0.0, min((hit[-1] if hit else cfg.ratio) * scale, cfg.max_layer_ratio, (c - 1) / c - 1e-6))
+        r = pinned[n] if pinned and n in pinned else (hit[-1] if hit else cfg.ratio) * scale
+        out[n] = max(0.0, min(r, cfg.max_layer_ratio, (c - 1) / c - 1e-6))
     return out
 
 
+def rounded_ratio(ratio: float, channels: int, round_to: int | None) -> float:
+    """The ratio that keeps the multiple of ``round_to`` nearest to ``channels * (1 - ratio)``
+    (at least ``round_to``); 0 when that is the whole layer (a layer of ``round_to`` channels or
+    fewer cannot be rounded, so it is kept). torch-pruning's own ``round_to`` rounds the kept count
+    *down*, to 0 on a layer smaller than ``round_to``, and then skips the layer: the cost became
+    non-monotone in the ratio and a MAC target was out of reach (16.8 % at most on LeNet-5).
+    The result is nudged half a channel so torch-pruning's ``int(c * (1 - r))`` gives the count."""
+    if not round_to or round_to <= 1 or ratio <= 0:
+        return ratio
+    kept = max(round_to, round_to * math.floor(channels * (1.0 - ratio) / round_to + 0.5))
+    return 0.0 if kept >= channels else 1.0 - (kept + 0.5) / channels
+
+
+def _rounded_layer_ratios(model, example, cfg, scale, pinned=None) -> dict[str, float]:
+    modules = dict(model.named_modules())
+    return {n: rounded_ratio(r, _out_channels(modules[n]), cfg.round_to)
+            for n, r in _layer_ratios(model, example, cfg, scale, pinned).items()}
+
+
 def _prune_once(model, example, cfg, scale, data, loss_fn, step: int = 1, steps: int = 1,
-                criterion=None) -> list[str]:
-    ratios = {} if cfg.global_ranking else _layer_ratios(model, example, cfg, scale)
+                criterion=None, pinned: dict[str, float] | None = None) -> list[str]:
+    ratios = {} if cfg.global_ranking else _layer_ratios(model, example, cfg, scale, pinned)
     default = min(cfg.ratio * scale, cfg.max_layer_ratio)
     if cfg.head_ratio > 0 and step == 1:
         # whole heads first (our surgery); torch-pruning then leaves the rebuilt attention alone
         left = prune_heads_(model, cfg.head_ratio, cfg.exclude)
         log.debug("attention heads left: %s", left)
-    return _surgery(model, example, cfg, _step_ratio(default, step, steps),
-                    {n: _step_ratio(r, step, steps) for n, r in ratios.items()},
+    modules = dict(model.named_modules())
+    per_layer = {n: rounded_ratio(_step_ratio(r, step, steps), _out_channels(modules[n]), cfg.round_to)
+                 for n, r in ratios.items()}
+    return _surgery(model, example, cfg, _step_ratio(default, step, steps), per_layer,
                     cfg.head_ratio if step == 1 else 0.0, data, loss_fn, criterion)
 
 
-def _solve_scale(model, example, cfg, data, loss_fn, criterion=None) -> tuple[float, StructuredPruneConfig]:
+# a params / MACs target met within 2 points is met: rounded channel counts move in steps, and
+# closing the last point would cost many more trial prunings
+_TOLERANCE = 0.02
+
+
+def _bisect(removed: Callable[[float], float], amount: float, lo: float, hi: float,
+            at_hi: float) -> tuple[float, float, float]:
+    """Smallest scale in (lo, hi] whose removal reaches ``amount``, to within ``_TOLERANCE`` or 14
+    halvings; ``removed`` is non-decreasing in the scale. Returns (lo, hi, removed(hi))."""
+    for _ in range(14):
+        if at_hi - amount <= _TOLERANCE:
+            break
+        mid = (lo + hi) / 2
+        r = removed(mid)
+        if r >= amount:
+            hi, at_hi = mid, r
+        else:
+            lo = mid
+    return lo, hi, at_hi
+
+
+def _solve_scale(model, example, cfg, data, loss_fn, criterion=None
+                 ) -> tuple[float, StructuredPruneConfig, dict[str, float]]:
     """Scale of the ratios (uniform ``ratio``, or the ``per_layer`` profile) that removes
-    ``amount`` of the params/MACs: bisection on copies of the model."""
+    ``amount`` of the params/MACs: bisection on copies of the model. With ``round_to`` the cost
+    moves in steps and one layer's step can overshoot the target by tens of points (LeNet-5's
+    conv1 going 16 -> 8 channels); then that layer is pinned at the count below the step and the
+    other layers' scale is bisected again. Returns (scale, config, pinned layer ratios)."""
     base = model_cost(model, example, cfg.target)
     tmpl = StructuredPruneConfig.from_dict({**cfg.to_dict(), "target": "ratio"})
     if not cfg.per_layer and tmpl.ratio == 0:
@@ -212,22 +262,43 @@ def _solve_scale(model, example, cfg, data, loss_fn, criterion=None) -> tuple[fl
     peak = max([tmpl.ratio, *cfg.per_layer.values()])
     hi_scale = cfg.max_layer_ratio / peak if peak > 0 else 1.0
 
-    def removed(scale: float) -> float:
+    def removed(scale: float, pinned: dict[str, float] | None = None) -> float:
         trial = copy.deepcopy(model)
-        _prune_once(trial, example, tmpl, scale, data, loss_fn, criterion=criterion)
+        _prune_once(trial, example, tmpl, scale, data, loss_fn, criterion=criterion, pinned=pinned)
         return 1.0 - model_cost(trial, example, cfg.target) / base
 
     most = removed(hi_scale)
     if most < cfg.amount:
         kept = sorted(set(_excluded(model, example, cfg)) | set(frozen_layers(model)))
+        rounding = (f" with round_to={cfg.round_to} (layers of {cfg.round_to} channels or fewer stay whole)"
+                    if cfg.round_to and cfg.round_to > 1 else "")
         raise StructuredPruneError(
-            f"cannot remove {cfg.amount:.0%} of the {cfg.target}: at max_layer_ratio={cfg.max_layer_ratio} "
-            f"only {most:.1%} goes; layers kept intact: {kept}")
-    lo, hi = 0.0, hi_scale
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if removed(mid) >= cfg.amount else (mid, hi)
-    return hi, tmpl
+            f"cannot remove {cfg.amount:.0%} of the {cfg.target}: at max_layer_ratio={cfg.max_layer_ratio}"
+            f"{rounding} only {most:.1%} goes; layers kept intact: {kept}")
+    lo, hi, at_hi = _bisect(removed, cfg.amount, 0.0, hi_scale, most)
+    pinned: dict[str, float] = {}
+    if not cfg.round_to or cfg.round_to <= 1 or cfg.global_ranking:
+        return hi, tmpl, pinned
+    for _ in range(3):       # each round pins one of the layers that step between lo and hi
+        if at_hi - cfg.amount <= _TOLERANCE:
+            break
+        below, above = (_rounded_layer_ratios(model, example, tmpl, s, pinned) for s in (lo, hi))
+        unscaled = _layer_ratios(model, example, tmpl, lo, pinned)
+        best = None
+        for n in [n for n in below if below[n] != above[n] and n not in pinned][:3]:
+            more = {**pinned, n: unscaled[n]}
+            again = functools.partial(removed, pinned=more)
+            top = again(hi_scale)
+            if top >= cfg.amount:
+                found = _bisect(again, cfg.amount, lo, hi_scale, top)
+                if found[2] < (best[0][2] if best else at_hi):
+                    best = (found, more)
+        if best is None:
+            break
+        log.debug("structured target %.0f%%: %.1f%% -> %.1f%% with %s pinned", 100 * cfg.amount,
+                  100 * at_hi, 100 * best[0][2], sorted(best[1]))
+        (lo, hi, at_hi), pinned = best
+    return hi, tmpl, pinned
 
 
 def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = None,
@@ -264,13 +335,14 @@ def prune_channels_(model: nn.Module, config: StructuredPruneConfig | None = Non
                  ", ".join(sorted({type(m).__name__ for m in frozen.values()})))
     ref = _forward(model, example_input)
     before = {m: model_cost(model, example_input, m) for m in ("params", "macs")}
-    scale, run_cfg = 1.0, cfg
+    scale, run_cfg, pinned = 1.0, cfg, {}
     if cfg.target != "ratio":
-        scale, run_cfg = _solve_scale(model, example_input, cfg, loader, loss_fn, importance)
+        scale, run_cfg, pinned = _solve_scale(model, example_input, cfg, loader, loss_fn, importance)
     for step in range(1, cfg.steps + 1):
         backup = copy.deepcopy(model)
         try:
-            _prune_once(model, example_input, run_cfg, scale, loader, loss_fn, step, cfg.steps, importance)
+            _prune_once(model, example_input, run_cfg, scale, loader, loss_fn, step, cfg.steps, importance,
+                        pinned)
             out = _forward(model, example_input)
         except StructuredPruneError as e:
             _restore(model, backup)

@@ -99,7 +99,10 @@ def _make_pruner(model, example, cfg, default, ratios, head_ratio, modules, igno
         return tp.pruner.BasePruner(
             model, example, importance=imp, global_pruning=cfg.global_ranking,
             pruning_ratio=default, pruning_ratio_dict={modules[n]: r for n, r in ratios.items()},
-            max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored, round_to=cfg.round_to,
+            max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
+            # per-layer ratios arrive rounded (structured.rounded_ratio); only a global ranking
+            # leaves the rounding to torch-pruning
+            round_to=cfg.round_to if cfg.global_ranking else None,
             num_heads=heads, prune_num_heads=any(r > 0 for r in head_ratios.values()),
             prune_head_dims=False, head_pruning_ratio_dict=head_ratios or None,
             output_transform=pick_output,

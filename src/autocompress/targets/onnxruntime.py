@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from autocompress.targets.base import LatencyStats, Runner, Target, _np
+from autocompress.targets.base import LatencyStats, Runner, Target
 
 
 class OnnxRuntimeTarget(Target):
@@ -40,10 +40,11 @@ class OnnxRuntimeTarget(Target):
         return path
 
     def load(self, path: str | Path, threads: int = 1) -> Runner:
-        from autocompress.export import session
+        # each input cast to the dtype the graph declares: a language model's int64 token ids
+        # given as float (the search's synthetic timing batch) would be refused by ONNX Runtime
+        from autocompress.export import run, session
         sess = session(path, threads)
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: _np(x)})[0]
+        return lambda x: run(sess, x)
 
     def time(self, paths: Mapping[str, str | Path], input_shape: tuple[int, ...],
              batch_sizes: Iterable[int] = (1, 64), threads: int = 1, warmup: int = 10,
