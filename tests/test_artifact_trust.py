@@ -210,3 +210,33 @@ def test_valid_artifact_still_loads_bit_exact(small):
     model = load_compressed(small)
     assert [t["name"] for t in meta["tensors"]] == list(model.state_dict())
     assert json.dumps(meta["arch"]).count("Linear") == 2
+
+
+@pytest.mark.parametrize("where, value, message", [
+    ("cls", "posix:system", "not under the packages"),
+    ("cls", "builtins:eval", "not under the packages"),
+    ("cls", "torch.nn.modules.linear:torch.load", "not that object.s own name"),   # via an import
+    ("cls", "torch.nn.modules.linear:Linear.__init__", "not under the packages"),
+    ("cls", "torch.nn.functional:relu", "not a torch module class"),
+    ("attr", {"$": "ref", "v": "subprocess:Popen"}, "not under the packages"),
+    ("attr", {"$": "hfconfig", "cls": "torch.nn.modules.linear:Linear", "v": {"$": "dict", "v": {}}},
+     "not a Hugging Face config"),
+    ("name", "__class__", "may not be set"),
+])
+def test_class_tree_names_only_allowed_library_objects(tmp_path, where, value, message):
+    """A model of library classes (not in the layer table) is described by import paths; a file naming
+    anything outside the allow-list, or not by its own name, or a dunder attribute, is refused."""
+    model = nn.Sequential(nn.Linear(8, 4), nn.Mish())
+    path = tmp_path / "tree.acz"
+    save_compressed(model, path)
+    _, meta, blobs = _parts(path)
+    assert meta["arch"]["kind"] == "tree"
+    node = meta["arch"]["tree"]["children"][1][1]                  # the Mish
+    if where == "cls":
+        node["cls"] = value
+    elif where == "attr":
+        node["attrs"]["inplace"] = value
+    else:
+        node["attrs"][value] = 1
+    with pytest.raises(StorageError, match=message):
+        load_compressed(_craft(tmp_path / "bad.acz", meta, blobs))

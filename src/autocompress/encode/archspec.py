@@ -7,6 +7,9 @@ A description is JSON:
 - ``{"kind": "spec", "tree": {...}}``: a module tree of common layers (Sequential, Linear, Conv,
   BatchNorm, activations, pooling, Flatten, ...), each ``{"type": name, "kwargs": {...}}`` looked up
   in :data:`LAYERS` (a fixed table: no class is ever found by an arbitrary name);
+- ``{"kind": "tree", "tree": {...}}``: classes from torchvision, timm, transformers or ``torch.nn``
+  (any model those libraries build, pruned or not), by import path from an allow-list, with their
+  attributes (:mod:`autocompress.encode.modtree`);
 - ``{"kind": "factory", "label": "MyNet", "overrides": {...}}``: the caller's ``model_factory()``.
 
 ``overrides`` maps a module path to a module-tree spec replacing what the constructor built there:
@@ -19,6 +22,8 @@ from typing import Any, Callable
 
 import torch.fx
 from torch import nn
+
+from autocompress.encode.modtree import TreeError, build_tree, describe_tree
 
 
 class ArchError(ValueError):
@@ -204,9 +209,15 @@ def describe(model: nn.Module, model_factory: Callable[[], nn.Module] | None = N
                     raise
     try:
         return {"kind": "spec", "tree": module_spec(model)}
-    except ArchError as e:
+    except ArchError:
+        pass
+    try:             # torchvision / timm / Hugging Face / torch.nn classes: rebuilt from their attributes
+        return {"kind": "tree", "tree": describe_tree(model)}
+    except TreeError as e:
         if model_factory is None:
-            raise ArchError(f"cannot describe {type(model).__name__} without a model_factory: {e}") from None
+            raise ArchError(f"cannot describe {type(model).__name__} without a model_factory: {e}; "
+                            f"pass model_factory= (a callable building the model) to save_compressed "
+                            f"and load_compressed") from None
     return {"kind": "factory", "label": type(model).__qualname__,
             "overrides": diff_overrides(model, model_factory())}
 
@@ -234,6 +245,11 @@ def rebuild(arch: Any, model_factory: Callable[[], nn.Module] | None = None,
             raise ArchError(f"architecture names bundled model {name!r}; known: {sorted(MODELS)}")
         with on():
             return apply_overrides(MODELS[name][0](), arch.get("overrides", {}))
+    if kind == "tree":
+        try:
+            return build_tree(arch.get("tree"), device=torch.device(device) if device else None)
+        except TreeError as e:
+            raise ArchError(f"architecture: {e}") from None
     if kind == "factory":
         if model_factory is None:
             raise ArchError(f"this artifact holds a custom model ({arch.get('label')}): pass "
