@@ -344,7 +344,7 @@ def encode_best(sym: np.ndarray, alphabet: int, coders: tuple[str, ...] = tuple(
 # cheapest coder within _TOLERANCE of the smallest estimate is the one that runs on the whole stream.
 
 EXACT_LIMIT = 1 << 16
-_PIECES, _PIECE = 4, 1 << 15             # the sample: 4 pieces of 32k symbols spread over the stream
+_PIECES, _PIECE = 4, 1 << 13             # the sample: 4 pieces of 8k symbols spread over the stream
 _TOLERANCE = 0.015
 _FULL_EFFORT = 1 << 21   # compressible streams up to this many symbols get the strongest settings
 _DENSE = 0.7         # a sample zstd-3 cannot shrink below this is weight bytes: strong efforts gain < 1 %
