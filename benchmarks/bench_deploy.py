@@ -33,7 +33,7 @@ from autocompress.data import Splits, load_mnist
 from autocompress.export.qdq import ort_quantize_static
 from autocompress.measure import zipped_bytes
 from autocompress.models import MODELS
-from autocompress.search import Budget, Recipe, apply_recipe, compress
+from autocompress.search import Budget, Recipe, ResultOptions, apply_recipe, compress
 
 HERE = Path(__file__).resolve().parent
 BUDGETS = {"smallest": Budget(max_drop=0.1, objective="smallest", min_size_ratio=None, time_limit_s=480,
@@ -81,8 +81,8 @@ def _compressed(name: str, kind: str, base, data: Splits, quick: bool, out: Path
     if quick:
         res = apply_recipe(copy.deepcopy(base), QUICK[kind], data, out_dir=out, quick=True, budget=BUDGETS[kind])
     else:
-        res = compress(copy.deepcopy(base), data, BUDGETS[kind], out_dir=out,
-                       title=f"bench_deploy: {name} {kind}")
+        res = compress(copy.deepcopy(base), data, BUDGETS[kind],
+                       results=ResultOptions(out_dir=out, title=f"bench_deploy: {name} {kind}"))
     return res, out / "model.onnx"
 
 

@@ -64,13 +64,14 @@ def rows(name: str, quick: bool, work: Path, search: bool = False) -> list[dict]
 
 def _search(model, data, quick: bool, out: Path) -> Path:
     """The automatic loop with latency measured on ExecuTorch (batch 64): its deployed model.pte."""
-    from autocompress.search import Budget, Recipe, compress
+    from autocompress.search import Budget, Recipe, ResultOptions, SearchOptions, TrainingOptions, compress
     budget = Budget(max_drop=0.3, objective="fastest", latency_batch=64, runtime="executorch",
                     time_limit_s=90 if quick else 480, max_trials=2 if quick else 10)
     seeds = [Recipe(structured_ratio=0.5, quant="int8", distill=True, finetune_epochs=1.0),
              Recipe(structured_ratio=0.7, quant="int8", distill=True, finetune_epochs=2.0)] if quick else None
-    res = compress(model, data, budget, techniques=("structured", "quantize", "distill"), out_dir=out,
-                   quick=quick, seeds=seeds)
+    res = compress(model, data, budget,
+                   search=SearchOptions(techniques=("structured", "quantize", "distill"), seeds=seeds),
+                   training=TrainingOptions(quick=quick), results=ResultOptions(out_dir=out))
     print(f"search: {res.message}", file=sys.stderr)
     return out / "model.pte"
 

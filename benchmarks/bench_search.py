@@ -25,7 +25,7 @@ from torch import nn
 from autocompress.data import Splits, load_mnist
 from autocompress.baselines import load_baseline
 from autocompress.models import MODELS
-from autocompress.search import Budget, Recipe, compress
+from autocompress.search import Budget, Recipe, ResultOptions, TrainingOptions, compress
 from autocompress.search.replay import apply_recipe
 from autocompress.train import TrainConfig, fit
 
@@ -94,8 +94,8 @@ def run(models: list[str], budgets: list[str], quick: bool, out: Path) -> list[l
             if quick:
                 b = Budget.from_dict({**b.to_dict(), "max_trials": 2, "time_limit_s": 120, "max_drop": 2.0})
             t0 = time.time()
-            res = compress(model, data, b, out_dir=out / f"{name}-{bname}", quick=quick,
-                           title=f"{name}: {bname}")
+            res = compress(model, data, b, training=TrainingOptions(quick=quick),
+                           results=ResultOptions(out_dir=out / f"{name}-{bname}", title=f"{name}: {bname}"))
             rows.append(_row(name, bname, "autocompress (auto)", res.baseline, res.final, res.met,
                              time.time() - t0))
             for peer, recipe in PEERS[bname].items():

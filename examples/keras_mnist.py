@@ -23,7 +23,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")   # before keras is imported any
 import numpy as np  # noqa: E402
 
 import autocompress as ac  # noqa: E402
-from autocompress.search import Budget, compress  # noqa: E402
+from autocompress.search import Budget, ResultOptions, TrainingOptions, compress  # noqa: E402
 
 log = logging.getLogger("keras_mnist")
 
@@ -84,7 +84,8 @@ def run(out_dir: str | Path = "out/keras-mnist", quick: bool = False) -> Outcome
     converted_acc = ac.evaluate(model, data.loader("test", 500))
     budget = (Budget(max_drop=5.0, objective="smallest", time_limit_s=60, max_trials=1) if quick else
               Budget(max_drop=0.5, objective="smallest", time_limit_s=300, max_trials=6))
-    result = compress(model, data, budget, out_dir=out_dir, quick=quick, title="Keras CNN on MNIST")
+    result = compress(model, data, budget, training=TrainingOptions(quick=quick),
+                      results=ResultOptions(out_dir=out_dir, title="Keras CNN on MNIST"))
     paths = result.export(out_dir)
     ort_acc = ort_accuracy(paths["onnx"], data.loader("test", 500))
     return Outcome(keras_acc, converted_acc, ort_acc, keras_bytes, paths["onnx"].stat().st_size,

@@ -106,7 +106,7 @@ def test_interrupt_then_resume(tiny, tmp_path):
     counted = [s for s in states if s != "pruned early"]
     assert counted.count("failed") == 1 and len(counted) == 4, states
     assert states[:3] == ["complete", "failed", "complete"], states
-    assert res.trials[2].recipe["cluster_bits"] == 5        # the queued seed ran after resuming
+    assert Recipe.from_dict(res.trials[2].recipe).cluster_bits == 5       # the queued seed ran after resuming
 
 
 @pytest.mark.skipif(not os.environ.get("AUTOCOMPRESS_TEST_PG"),

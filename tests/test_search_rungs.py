@@ -82,6 +82,6 @@ def test_hopeless_recipe_is_stopped_early_and_not_counted(tmp_path):
     assert states == ["complete", EARLY, "complete"], [(t.state, t.note) for t in res.trials]
     assert res.trials[1].note.startswith(EARLY) and "below the median" in res.trials[1].note
     assert f"1 {EARLY}" in res.message
-    assert res.trials[1].recipe["structured_ratio"] == 0.9
+    assert Recipe.from_dict(res.trials[1].recipe).structured_ratio == 0.9
     # the good recipes ran to the end and were scored on the whole validation split
     assert all(t.val_accuracy is not None for t in (res.trials[0], res.trials[2]))

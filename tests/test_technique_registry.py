@@ -7,12 +7,13 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Subset
 
 from autocompress.data import Splits, load_mnist
 from autocompress.runconfig import RunConfig
-from autocompress.search import Budget, Recipe, compress
+from autocompress.search import Budget, Recipe, ResultOptions, SearchOptions, TrainingOptions, compress
 from autocompress.search import loop, space, steps
 from autocompress import techniques as tech
 
@@ -78,9 +79,12 @@ def test_compress_seeds_replays_and_reports_a_registered_technique(grid_techniqu
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
     budget = Budget(max_drop=100.0, max_trials=1, time_limit_s=120)
     # no seeds given: the first trial is the one the technique's seed_levels declare
-    res = compress(model, data, budget, techniques=["grid"], out_dir=tmp_path / "run", quick=True)
+    res = compress(model, data, budget, search=SearchOptions(techniques=["grid"]),
+                   training=TrainingOptions(quick=True), results=ResultOptions(out_dir=tmp_path / "run"))
     assert [t.state for t in res.trials] == ["complete"], [t.note for t in res.trials]
     assert res.recipe.options == {"grid": GRID} and _on_grid(res.model)
+    # on disk the recipe is the list of the techniques' settings: the grid's own, nothing else
+    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["techniques"] == [{"grid": {"grid": GRID}}]
     assert "grid levels" in (tmp_path / "run" / "report.md").read_text()
     assert all(info["grid levels"] <= 2 * 64 + 1 for info in res.layers.values())   # |w| < 1 on a 1/64 grid
     # the written recipe replays the technique on a fresh copy of the model

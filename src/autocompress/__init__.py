@@ -30,6 +30,8 @@ _LAZY = {
     "export_onnx": "autocompress.export", "check_parity": "autocompress.export",
     "compress": "autocompress.search", "apply_recipe": "autocompress.search",
     "Budget": "autocompress.search", "Recipe": "autocompress.search", "Result": "autocompress.search",
+    "SearchOptions": "autocompress.search", "TrainingOptions": "autocompress.search",
+    "ResultOptions": "autocompress.search",
     "from_onnx": "autocompress.frontends", "from_keras": "autocompress.frontends",
     "FrontendError": "autocompress.frontends",
 }

@@ -104,12 +104,14 @@ def _search(cfg: Any, resolved: tuple[Any, Any, Any], resume: bool) -> int:
 
     def go() -> int:
         from autocompress.runconfig import model_factory
-        from autocompress.search import compress
+        from autocompress.search import ResultOptions, SearchOptions, TrainingOptions, compress
 
-        kwargs: dict[str, Any] = {"resume": True} if resume else {}
-        result = compress(model, data, cfg.budget, techniques=list(cfg.techniques), out_dir=out,
-                          evaluate=metric, storage=cfg.storage, seed=cfg.seed, workers=cfg.workers,
-                          title=f"autocompress run: {cfg.model}", model_factory=model_factory(cfg), **kwargs)
+        result = compress(model, data, cfg.budget,
+                          search=SearchOptions(techniques=list(cfg.techniques), storage=cfg.storage, seed=cfg.seed,
+                                               workers=cfg.workers, resume=resume),
+                          training=TrainingOptions(evaluate=metric),
+                          results=ResultOptions(out_dir=out, title=f"autocompress run: {cfg.model}",
+                                                model_factory=model_factory(cfg)))
         return _finish(result, out, "resumed run" if resume else "run")
     return _interruptible(out, go)
 

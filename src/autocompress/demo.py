@@ -14,7 +14,7 @@ import torch
 from autocompress.data import load_mnist
 from autocompress.baselines import load_baseline
 from autocompress.models import MODELS
-from autocompress.search import Budget, compress
+from autocompress.search import Budget, ResultOptions, TrainingOptions, compress
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ def run_demo(model: str = "lenet5", out_dir: str | Path = "out/demo", quick: boo
     data = load_mnist(flat=MODELS[model][1])
     net = load_baseline(model)
     budget = budget or (QUICK_BUDGET if quick else DEMO_BUDGET)
-    result = compress(net, data, budget, out_dir=out, quick=quick, title=f"autocompress demo: {model} on MNIST")
+    result = compress(net, data, budget, training=TrainingOptions(quick=quick),
+                      results=ResultOptions(out_dir=out, title=f"autocompress demo: {model} on MNIST"))
     from autocompress.report import before_after_table, headline
     doc = result.to_dict()
     head = headline(doc)   # the deployed result first: size, speed, accuracy, and any warning

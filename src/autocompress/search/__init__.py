@@ -1,6 +1,7 @@
 """The automatic loop: budget in, best compressed model out (searched, resumable, distributed)."""
 
 from autocompress.search.budget import Budget
+from autocompress.search.options import ResultOptions, SearchOptions, TrainingOptions
 from autocompress.search.recipe import Recipe
 from autocompress.search.result import Result, TrialRecord
 
@@ -16,5 +17,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["Budget", "Recipe", "Result", "TrialRecord", "compress", "resume", "join_study",
-           "apply_recipe", "inspect"]
+__all__ = ["Budget", "Recipe", "Result", "TrialRecord", "SearchOptions", "TrainingOptions", "ResultOptions",
+           "compress", "resume", "join_study", "apply_recipe", "inspect"]

@@ -10,6 +10,7 @@ Ctrl-C loses at most the running trial and ``resume=True`` continues the same st
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -27,6 +28,8 @@ from autocompress.search import space as space_mod
 from autocompress.search.budget import Budget
 from autocompress.search.deadline import Deadline
 from autocompress.search.recipe import Recipe
+from autocompress.search.options import STUDY, ResultOptions, SearchOptions, TrainingOptions
+from autocompress.search.options import resolve as resolve_options
 from autocompress.search.result import Result
 from autocompress.search.steps import TrialContext
 from autocompress.search.trial import objective as _objective
@@ -42,7 +45,6 @@ def __getattr__(name: str):
         return names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-STUDY = "autocompress"
 
 
 def _val_evaluator(data: Splits, evaluate: Callable | None, limit: int | None) -> Callable[[nn.Module], float]:
@@ -81,25 +83,35 @@ class _Shared:
     base_measurement: object = None  # baseline measured on val+test up front (times the final step)
 
 
-@safefs.holds_out_dir()   # one run per out_dir at a time
 def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
+             search: SearchOptions | dict | None = None, training: TrainingOptions | dict | None = None,
+             results: ResultOptions | dict | None = None, **legacy) -> Result:
+    """Find the best compressed version of ``model`` within ``budget``.
+
+    The options come in three groups (search/options.py): ``search`` (which techniques, seed
+    recipes, workers, the Optuna storage and study), ``training`` (``evaluate(model, loader) ->
+    float`` in place of top-1 accuracy, ``finetune(model) -> model`` in place of our loop, the
+    device, ``quick``) and ``results`` (``out_dir``, the report's title, the ``model_factory`` of
+    the storage artifact). Each is its dataclass or a mapping of its fields; the flat keywords of
+    earlier versions still work (``DeprecationWarning``)."""
+    s, t, r = resolve_options(search, training, results, legacy)
+    return _compress(model, data, budget, techniques=s.techniques, out_dir=r.out_dir, evaluate=t.evaluate,
+                     finetune=t.finetune, storage=s.storage, seed=s.seed, workers=s.workers, resume=s.resume,
+                     quick=t.quick, seeds=s.seeds, title=r.title, study_name=s.study_name,
+                     model_factory=r.model_factory, device=t.device)
+
+
+@safefs.holds_out_dir()   # one run per out_dir at a time
+def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
              techniques: Sequence[str] | None = None, out_dir: str | Path = "runs/compress",
              evaluate: Callable | None = None, finetune: Callable | None = None,
              storage: str | None = None, seed: int = 0, workers: int = 1, resume: bool = False,
              quick: bool = False, seeds: Iterable[Recipe] | None = None, title: str | None = None,
              study_name: str = STUDY, model_factory: Callable[[], nn.Module] | None = None,
              device: str = "auto") -> Result:
-    """Find the best compressed version of ``model`` within ``budget``.
-
-    ``evaluate(model, loader) -> float`` replaces top-1 accuracy; ``finetune(model) -> model``
-    replaces our fine-tuning loop. ``storage`` is an Optuna storage URL (default SQLite in
-    ``out_dir``; a ``postgresql://`` URL lets workers on many machines join one study).
-    ``quick`` shrinks data subsets and fine-tuning for tests. ``workers`` local processes share
-    the study; ``study_name`` tells studies apart in a shared storage. ``model_factory()`` builds
-    the (uncompressed) architecture for the storage artifact when it is not made of common layers;
-    by default a copy of ``model``. ``device`` ("auto": CUDA when available, else "cpu") is where
-    fine-tunes of plain (pruned / factorized) models run; measurement stays on ``budget.runtime``.
-    """
+    """:func:`compress` with its options resolved. ``storage``: a ``postgresql://`` URL lets
+    workers on many machines join one study; ``device`` is where fine-tunes of plain (pruned /
+    factorized) models run, measurement stays on ``budget.runtime``."""
     import optuna
 
     budget = budget or Budget()
@@ -153,7 +165,10 @@ def resume(model: nn.Module, data: Splits, out_dir: str | Path, **kwargs) -> Res
     """Continue the study in ``out_dir`` with the budget saved there."""
     saved = Path(out_dir) / "budget.yaml"
     budget = kwargs.pop("budget", None) or Budget.from_yaml(saved)
-    return compress(model, data, budget, out_dir=out_dir, resume=True, **kwargs)
+    groups = [kwargs.pop(g, None) for g in ("search", "training", "results")]
+    s, t, r = resolve_options(*groups, kwargs)
+    return compress(model, data, budget, search=dataclasses.replace(s, resume=True), training=t,
+                    results=dataclasses.replace(r, out_dir=out_dir))
 
 
 # -- setup ---------------------------------------------------------------------------------

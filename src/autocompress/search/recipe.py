@@ -1,7 +1,20 @@
 """A recipe: one replayable combination of techniques, as found by the search.
 
-A recipe is a plain config; ``apply_recipe`` replays it on a retrained model of the same
-architecture (the next sprint's model) without searching again.
+On disk a recipe is the ordered list of the techniques' own settings (each technique's config,
+techniques/, in the order its steps run) and what the steps share (the fine-tuning epochs, the
+learning rate)::
+
+    techniques:
+    - prune: {sparsity: 0.9}
+    - cluster: {cluster_bits: 4}
+    - distill: {distill: true}
+    finetune_epochs: 2.0
+    lr: 0.001
+
+so replaying it (``apply_recipe``, on a retrained model of the same architecture) runs exactly
+those settings. In Python the same recipe is built with keywords, ``Recipe(sparsity=0.9,
+cluster_bits=4, finetune_epochs=2.0)``; the flat files that form writes (earlier versions'
+``best/recipe.yaml``) are still read.
 """
 
 from __future__ import annotations
@@ -9,14 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from autocompress.config import Config, ConfigError
+from autocompress import techniques as _tech
+from autocompress.config import Config, ConfigError, _closest
 
 Quant = Literal["none", "int8", "mixed", "qat"]
+SHARED = ("finetune_epochs", "lr")    # what every step of a recipe shares (not one technique's)
 
 
 @dataclass
 class Recipe(Config):
-    """What to do, in the order it is done.
+    """What to do, in the order it is done (the keyword form: one field per setting of a built-in
+    technique; each technique's config in techniques/ checks its own fields).
 
     1. ``structured_ratio``: fraction of channels/neurons physically removed (global target by
        parameters, spread over layers by sensitivity unless ``layer_ratios`` pins some).
@@ -46,49 +62,73 @@ class Recipe(Config):
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if not 0.0 <= self.structured_ratio < 1.0:
-            raise ConfigError(f"Recipe.structured_ratio must be in [0, 1), got {self.structured_ratio}")
-        if self.round_to < 1:
-            raise ConfigError(f"Recipe.round_to must be >= 1, got {self.round_to}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ConfigError(f"Recipe.sparsity must be in [0, 1), got {self.sparsity}")
-        if self.rank_energy is not None and not 0.0 < self.rank_energy <= 1.0:
-            raise ConfigError(f"Recipe.rank_energy must be in (0, 1], got {self.rank_energy}")
-        if self.cluster_bits is not None and not 1 <= self.cluster_bits <= 8:
-            raise ConfigError(f"Recipe.cluster_bits must be in 1..8, got {self.cluster_bits}")
-        if not 2 <= self.weight_bits <= 8:
-            raise ConfigError(f"Recipe.weight_bits must be in 2..8, got {self.weight_bits}")
-        if not 2 <= self.act_bits <= 8:
-            raise ConfigError(f"Recipe.act_bits must be in 2..8, got {self.act_bits}")
         if self.finetune_epochs < 0:
             raise ConfigError(f"Recipe.finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        for k, v in self.layer_ratios.items():
-            if not 0.0 <= v < 1.0:
-                raise ConfigError(f"Recipe.layer_ratios[{k!r}] must be in [0, 1), got {v}")
+        for t in _tech.all_techniques():   # each technique's config checks its own settings
+            if t.config is not None and t.fields:
+                t.settings(self)
 
     @property
     def is_post_training(self) -> bool:
         """Cheap recipes: nothing that needs fine-tuning to be usable."""
-        return self.structured_ratio == 0 and self.sparsity == 0 and self.quant != "qat" \
-            and self.rank_energy is None
+        return all(t.post_training is not None and t.post_training(self)
+                   for t in _tech.all_techniques() if t.is_active(self))
 
     def describe(self) -> str:
         parts = []
-        if self.structured_ratio:
-            parts.append(f"channels -{self.structured_ratio:.0%}")
-        if self.rank_energy is not None:
-            parts.append(f"low-rank {self.rank_energy:.0%} energy")
-        if self.sparsity:
-            parts.append(f"sparsity {self.sparsity:.0%}")
-        if self.cluster_bits:
-            parts.append(f"cluster {self.cluster_bits}b")
-        if self.quant == "int8":
-            parts.append("int8 PTQ")
-        elif self.quant == "qat":
-            parts.append(f"QAT w{self.weight_bits}a{self.act_bits}")
-        elif self.quant == "mixed":
-            parts.append(f"mixed precision (w{self.weight_bits}/w8/fp32)")
-        parts += [f"{k}={v}" for k, v in self.options.items() if v]
-        if self.distill and (parts and not self.is_post_training):
-            parts.append("distilled")
-        return ", ".join(parts) or "fp32 (no change)"
+        for t in _tech.all_techniques():
+            if not t.is_active(self):
+                continue
+            if t.describe is not None:
+                parts.append(t.describe(self))
+            else:
+                parts += [f"{k}={v}" for k, v in _as_dict(t.settings(self)).items() if v]
+        return ", ".join(p for p in parts if p) or "fp32 (no change)"
+
+    # -- on disk: the ordered list of the techniques' settings ------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        steps = [{t.name: _as_dict(t.settings(self))} for t in _tech.all_techniques() if t.is_active(self)]
+        return {"techniques": steps} | {k: getattr(self, k) for k in SHARED}
+
+    @classmethod
+    def from_dict(cls, data: Any, _path: str = "") -> "Recipe":
+        path = _path or "Recipe"
+        if not (isinstance(data, dict) and "techniques" in data):
+            # the flat record of earlier versions (best/recipe.yaml written before recipes were
+            # lists of technique settings): its keys are this class's keyword arguments
+            return super().from_dict(data, _path)
+        unknown = sorted(set(data) - {"techniques", *SHARED})
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed keys are {['techniques', *SHARED]}")
+        if not isinstance(data["techniques"], list):
+            raise ConfigError(f"{path}.techniques: expected a list of {{technique: settings}}, "
+                              f"got {type(data['techniques']).__name__}")
+        order = list(_tech.names())
+        kwargs: dict[str, Any] = {"distill": False, "options": {}}   # a technique not listed is off
+        last = -1
+        for i, entry in enumerate(data["techniques"]):
+            p = f"{path}.techniques[{i}]"
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise ConfigError(f"{p}: expected one technique name mapped to its settings, got {entry!r}")
+            (name, settings), = entry.items()
+            if name not in order:
+                raise ConfigError(f"{p}: unknown technique {name!r}{_closest(name, order)}; import the "
+                                  f"module that registers it first (registered: {order})")
+            if order.index(name) <= last:
+                raise ConfigError(f"{p}: {name!r} listed after {order[last]!r}; techniques run in the "
+                                  f"order {order}")
+            last = order.index(name)
+            kw = _tech.get(name).from_settings(settings if settings is not None else {}, f"{p}.{name}")
+            kwargs["options"].update(kw.pop("options", {}))
+            kwargs.update(kw)
+        for k in SHARED:
+            if k in data:
+                v = data[k]
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ConfigError(f"{path}.{k}: expected a number, got {type(v).__name__} {v!r}")
+                kwargs[k] = float(v)
+        return cls(**kwargs)
+
+
+def _as_dict(settings) -> dict:
+    return settings.to_dict() if isinstance(settings, Config) else dict(settings)

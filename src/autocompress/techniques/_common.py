@@ -12,8 +12,13 @@ deadline). So this package knows nothing of the search's insides.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from torch import nn
+
+
+if TYPE_CHECKING:   # torch is imported where a step runs: the registry stays light
+    from torch import nn
+
 
 log = logging.getLogger(__name__)
 

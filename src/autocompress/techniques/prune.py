@@ -3,10 +3,25 @@ so this makes a model small (packed / entropy-coded), not fast: it serves size b
 
 from __future__ import annotations
 
-from torch import nn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from autocompress.config import Config, ConfigError
 from autocompress.techniques._common import allocate, follow_renames
 from autocompress.techniques.registry import Choice, Step, Technique, register, share
+
+if TYPE_CHECKING:   # torch is imported where a step runs: the registry stays light
+    from torch import nn
+
+
+@dataclass
+class Sparsify(Config):
+    """``sparsity`` of the weights zeroed, reached gradually while fine-tuning."""
+    sparsity: float = 0.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"prune.sparsity must be in [0, 1), got {self.sparsity}")
 
 
 def run(model: nn.Module, recipe, ctx) -> nn.Module:
@@ -35,6 +50,7 @@ TECHNIQUE = register(Technique(
     "prune", serves=frozenset({"size"}), fields=("sparsity",),
     choices=(Choice("sparsity", (0.0, 0.5, 0.7, 0.8, 0.9, 0.92, 0.94, 0.96, 0.97), 0.0),),
     steps=(Step(lambda r: r.sparsity > 0, run, 0.6),),
+    config=Sparsify, describe=lambda r: f"sparsity {r.sparsity:.0%}",
     seed_levels=tuple({"sparsity": s} for s in (0.8, 0.9, 0.94, 0.96)),
     layer_report=lambda m: {"sparsity": float((m.weight == 0).float().mean())},
     sensitivity=lambda ctx: {"ratios": (0.5, 0.8, 0.9, 0.95, 0.98), "measure": _sensitivity},

@@ -3,10 +3,35 @@
 
 from __future__ import annotations
 
-from torch import nn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
+from autocompress.config import Config, ConfigError
 from autocompress.techniques._common import calibration
 from autocompress.techniques.registry import Choice, Step, Technique, register, share
+
+if TYPE_CHECKING:   # torch is imported where a step runs: the registry stays light
+    from torch import nn
+
+
+@dataclass
+class Quantize(Config):
+    """``int8`` post-training static quantization; ``mixed``: per-layer precision (``weight_bits``
+    where the layer tolerates it, else int8 or fp32, chosen on validation); ``qat``:
+    quantization-aware training at ``weight_bits`` / ``act_bits``."""
+    quant: Literal["none", "int8", "mixed", "qat"] = "none"
+    weight_bits: int = 8
+    act_bits: int = 8
+
+    def validate(self) -> None:
+        for name in ("weight_bits", "act_bits"):
+            if not 2 <= getattr(self, name) <= 8:
+                raise ConfigError(f"quantize.{name} must be in 2..8, got {getattr(self, name)}")
+
+
+def _describe(r) -> str:
+    return {"int8": "int8 PTQ", "qat": f"QAT w{r.weight_bits}a{r.act_bits}",
+            "mixed": f"mixed precision (w{r.weight_bits}/w8/fp32)"}[r.quant]
 
 
 def run(model: nn.Module, recipe, ctx) -> nn.Module:
@@ -43,6 +68,7 @@ TECHNIQUE = register(Technique(
              Choice("weight_bits", (2, 4, 8), 8)),
     steps=(Step(lambda r: r.quant == "qat", run, 0.4),
            Step(lambda r: r.quant in ("int8", "mixed"), run, 0.0)),   # PTQ trains nothing
+    config=Quantize, describe=_describe, post_training=lambda r: r.quant != "qat",
     post_training_seed={"quant": "int8"},
     layer_report=lambda m: _layer(m),
     to_recipe=lambda p: dict(quant=p.get("quant", "none"),

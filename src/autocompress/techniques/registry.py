@@ -14,8 +14,11 @@ A technique registered from outside owns no ``Recipe`` field: its parameters tra
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from autocompress.config import ConfigError
 
 
 KINDS = ("size", "speed")
@@ -59,6 +62,15 @@ class Technique:
     # sensitivity (search/steps.measure_sensitivity): ctx -> {"ratios": (...), "measure":
     # (model, evaluate, ratios, stop) -> a JSON-able result with "ratios" and "scores"}
     sensitivity: Callable[[Any], dict] | None = field(default=None, compare=False)
+    # -- what a recipe holds of it (search/recipe.py: an ordered list of these settings) --
+    # its settings as a Config dataclass (fields: ``fields``, or its choices' names); None: a mapping
+    config: type | None = None
+    # whether a recipe uses it (default: one of its steps is on)
+    active: Callable[["Recipe"], bool] | None = field(default=None, compare=False)
+    # its part of the recipe's one-line description (default: name=value of its settings)
+    describe: Callable[["Recipe"], str] | None = field(default=None, compare=False)
+    # usable without fine-tuning (int8 PTQ, clustering's short centroid tune): tried first
+    post_training: Callable[["Recipe"], bool] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -74,6 +86,28 @@ class Technique:
         if self.to_recipe is not None:
             return self.to_recipe(p)
         return {"options": {c.name: p.get(c.name, c.off) for c in self.choices}}
+
+    def is_active(self, r: "Recipe") -> bool:
+        return self.active(r) if self.active is not None else any(s.on(r) for s in self.steps)
+
+    def settings(self, r: "Recipe"):
+        """Its settings in ``r``: a ``config`` instance (validated when built), else a dict."""
+        names = self.fields or tuple(c.name for c in self.choices)
+        values = {n: getattr(r, n) for n in names} if self.fields else \
+            {n: r.options[n] for n in names if n in r.options}
+        return self.config(**values) if self.config is not None else values
+
+    def from_settings(self, data: dict, path: str) -> dict:
+        """Recipe keyword arguments from its entry in a recipe file (checked by its config)."""
+        if self.config is not None:
+            cfg = self.config.from_dict(data, path)
+            values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        else:
+            known = {c.name for c in self.choices}
+            if not isinstance(data, dict) or set(data) - known:
+                raise ConfigError(f"{path}: expected a mapping with keys among {sorted(known)}, got {data!r}")
+            values = dict(data)
+        return values if self.fields else {"options": values}
 
     def raw_params(self, r: "Recipe") -> dict:
         if self.from_recipe is not None:

@@ -4,13 +4,35 @@ is faster on any runtime. Serves speed budgets."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from torch import nn
-
+from autocompress.config import Config, ConfigError
 from autocompress.techniques._common import allocate, reestimate_bn
 from autocompress.techniques.registry import Choice, Step, Technique, register, share
 
+if TYPE_CHECKING:   # torch is imported where a step runs: the registry stays light
+    from torch import nn
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Structured(Config):
+    """``structured_ratio`` of the MACs removed (spread over layers by sensitivity unless
+    ``layer_ratios`` pins some); kept channel counts multiples of ``round_to``."""
+    structured_ratio: float = 0.0
+    layer_ratios: dict[str, float] = field(default_factory=dict)
+    round_to: int = 8        # runtimes' kernels favour multiples of 8
+
+    def validate(self) -> None:
+        if not 0.0 <= self.structured_ratio < 1.0:
+            raise ConfigError(f"structured.structured_ratio must be in [0, 1), got {self.structured_ratio}")
+        if self.round_to < 1:
+            raise ConfigError(f"structured.round_to must be >= 1, got {self.round_to}")
+        for k, v in self.layer_ratios.items():
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"structured.layer_ratios[{k!r}] must be in [0, 1), got {v}")
 
 
 def run(model: nn.Module, recipe, ctx) -> nn.Module:
@@ -52,6 +74,8 @@ TECHNIQUE = register(Technique(
     choices=(Choice("structured_ratio", (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9), 0.0),
              Choice("round_to", (1, 8, 16), 8)),
     steps=(Step(lambda r: r.structured_ratio > 0 or bool(r.layer_ratios), run, 0.5),),
+    config=Structured, describe=lambda r: f"channels -{r.structured_ratio:.0%}" if r.structured_ratio else
+    "channels per layer",
     seed_levels=tuple({"structured_ratio": s} for s in (0.5, 0.8, 0.9, 0.9)),
     sensitivity=lambda ctx: {"ratios": (0.25, 0.5, 0.75, 0.9),
                              "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx.example)},
