@@ -94,8 +94,9 @@ def test_run_then_resume(project, monkeypatch, capsys):
     (model, data, budget), kw = calls[0]
     assert isinstance(model, nn.Module) and len(data.train) == 64
     assert budget.min_size_ratio == 10 and budget.max_trials == 3
-    assert kw["techniques"] == ["prune", "quantize"] and kw["workers"] == 2 and kw["seed"] == 3
-    assert Path(kw["out_dir"]) == work / "out" / "r1" and "resume" not in kw
+    s = kw["search"]   # compress()'s grouped options
+    assert s.techniques == ["prune", "quantize"] and s.workers == 2 and s.seed == 3 and not s.resume
+    assert Path(kw["results"].out_dir) == work / "out" / "r1"
     out = work / "out" / "r1"
     for f in ("run.yaml", "report.md", "report.html", "report.json"):
         assert (out / f).exists(), f
@@ -108,8 +109,8 @@ def test_run_then_resume(project, monkeypatch, capsys):
     monkeypatch.chdir(proj.parent)
     assert main(["-q", "resume", str(out)]) == OK
     (_, _, budget2), kw2 = calls[1]
-    assert kw2["resume"] is True and kw2["techniques"] == ["prune", "quantize"] and budget2 == budget
-    assert Path(kw2["out_dir"]) == out
+    assert kw2["search"].resume is True and kw2["search"].techniques == ["prune", "quantize"] and budget2 == budget
+    assert Path(kw2["results"].out_dir) == out
 
 
 def test_run_exit_codes(project, monkeypatch, caplog):

@@ -276,7 +276,8 @@ def test_demo_prints_headline_first_and_only_files_that_exist(monkeypatch, tmp_p
         def to_dict(self):
             return sample_report(3)
 
-    def fake_compress(net, data, budget, out_dir, **kw):
+    def fake_compress(net, data, budget, results, **kw):
+        out_dir = results.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "model.acz").write_bytes(b"x")
         return R()
