@@ -339,8 +339,9 @@ def _encode_tensor(name: str, t: torch.Tensor, hint: Any) -> tuple[dict, list[Co
         size = sum(len(c[3]) for c in coded) + 8 * len(coded)
         if best is not None and size >= best_size:
             continue
-        decoded = _decode_tensor(meta, [entropy.decode(c, d, n, a) for c, n, a, d in coded],
-                                 tuple(t.shape), t.dtype)
+        # every coded stream was already decoded back to its symbols (encode_best / encode_planned
+        # check that); what is left to check is the tensor rebuilt from those symbols
+        decoded = _decode_tensor(meta, [st.sym for st in streams], tuple(t.shape), t.dtype)
         if _bit_equal(decoded, t):               # only exact encodings are ever kept
             best, best_size = (meta, coded), size
         else:
