@@ -47,3 +47,10 @@ def test_flat_recipe_files_of_earlier_versions_still_replay(tmp_path):
 def test_a_bad_recipe_file_names_the_entry(doc, match):
     with pytest.raises(ConfigError, match=match):
         Recipe.from_dict(doc)
+
+
+def test_the_report_describes_a_recipe_dict_of_either_form():
+    from autocompress.report.tables import describe_recipe
+    listed = Recipe(sparsity=0.9, cluster_bits=4, distill=False).to_dict()
+    assert describe_recipe(listed) == "sparsity=0.9, cluster_bits=4, finetune_epochs=1, lr=0.001"
+    assert describe_recipe({"sparsity": 0.9, "quant": "none"}) == "sparsity=0.9"

@@ -125,6 +125,12 @@ def describe_recipe(recipe: Any) -> str:
     """One line for a recipe dict the search did not describe: its non-off settings joined."""
     if not isinstance(recipe, dict):
         return str(recipe) if recipe is not None else DASH
+    if isinstance(recipe.get("techniques"), list):   # the list of {technique: its settings}
+        flat: dict = {}
+        for entry in recipe["techniques"]:
+            for settings in (entry.values() if isinstance(entry, dict) else ()):
+                flat |= settings if isinstance(settings, dict) else {}
+        recipe = flat | {k: v for k, v in recipe.items() if k != "techniques"}
     parts = []
     for k, v in recipe.items():
         if v in (None, 0, 0.0, False, "none", {}, []):
