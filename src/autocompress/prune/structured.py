@@ -273,8 +273,8 @@ def _solve_scale(model, example, cfg, data, loss_fn, criterion=None
         rounding = (f" with round_to={cfg.round_to} (layers of {cfg.round_to} channels or fewer stay whole)"
                     if cfg.round_to and cfg.round_to > 1 else "")
         raise StructuredPruneError(
-            f"cannot remove {cfg.amount:.0%} of the {cfg.target}: at max_layer_ratio={cfg.max_layer_ratio}"
-            f"{rounding} only {most:.1%} goes; layers kept intact: {kept}")
+            f"only {most:.1%} of the {cfg.target} can go, {cfg.amount:.0%} asked; layers kept intact: {kept} "
+            f"(at max_layer_ratio={cfg.max_layer_ratio}{rounding})")
     lo, hi, at_hi = _bisect(removed, cfg.amount, 0.0, hi_scale, most)
     pinned: dict[str, float] = {}
     if not cfg.round_to or cfg.round_to <= 1 or cfg.global_ranking:
