@@ -76,6 +76,15 @@ class _ClusterState:
 _ATTR = "_ac_cluster"        # module attribute holding {param_name: _ClusterState}
 
 
+def _on(st: "_ClusterState", device: torch.device) -> "_ClusterState":
+    """The state's tensors on the weight's ``device``: a fine-tune on an accelerator moves the
+    model (and its buffers) but not this plain attribute, so it follows lazily, once per move."""
+    if st.idx.device != device:
+        st.idx, st.mask = st.idx.to(device), st.mask.to(device)
+        st.master, st.shown = st.master.to(device), st.shown.to(device)
+    return st
+
+
 # -- 1-D k-means -----------------------------------------------------------------------------
 
 def _init_centroids(v: torch.Tensor, k: int, init: Init, seed: int) -> torch.Tensor:
@@ -189,6 +198,7 @@ def cluster_(model: nn.Module, config: ClusterConfig | None = None,
 
 
 def _write(w: torch.Tensor, st: _ClusterState) -> None:
+    _on(st, w.device)
     with torch.no_grad():
         # pruned positions get exactly 0 (not shown[0] * 0, which could be -0.0)
         flat = torch.where(st.mask, st.shown[st.idx], torch.zeros((), dtype=st.shown.dtype))
@@ -203,10 +213,11 @@ def _hook(w: nn.Parameter, st: _ClusterState) -> None:
     def shared_grad(g: torch.Tensor) -> torch.Tensor:
         if not st.active:
             return g
+        _on(st, g.device)
         idx, mask = st.idx, st.mask
         gf = g.reshape(-1)
         k = len(st.shown)
-        sums = torch.zeros(k, dtype=gf.dtype).index_add_(0, idx[mask], gf[mask])
+        sums = torch.zeros(k, dtype=gf.dtype, device=gf.device).index_add_(0, idx[mask], gf[mask])
         return torch.where(mask, sums[idx], torch.zeros((), dtype=gf.dtype)).view_as(g)
 
     w.register_hook(shared_grad)
@@ -225,13 +236,14 @@ def sync_clusters(model: nn.Module) -> None:
     and re-snap each clustered weight onto its codebook (zeros re-applied)."""
     for _, mod, pname, st in _states(model):
         w = getattr(mod, pname)
+        _on(st, w.device)
         flat = w.detach().reshape(-1).float()
-        k = len(st.shown)
+        k, dev = len(st.shown), w.device
         a, v = st.idx[st.mask], flat[st.mask]
-        hi = torch.full((k,), -torch.inf).scatter_reduce_(0, a, v, "amax")
-        lo = torch.full((k,), torch.inf).scatter_reduce_(0, a, v, "amin")
+        hi = torch.full((k,), -torch.inf, device=dev).scatter_reduce_(0, a, v, "amax")
+        lo = torch.full((k,), torch.inf, device=dev).scatter_reduce_(0, a, v, "amin")
         cnt = torch.bincount(a, minlength=k)
-        mean = torch.zeros(k).index_add_(0, a, v) / cnt.clamp(min=1)
+        mean = torch.zeros(k, device=dev).index_add_(0, a, v) / cnt.clamp(min=1)
         # members normally stay equal (shared gradients); if something broke that, use their mean
         now = torch.where(cnt == 0, st.shown, torch.where(hi == lo, hi, mean))
         st.master += now - st.shown

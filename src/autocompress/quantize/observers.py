@@ -83,7 +83,7 @@ def _minmax(x: torch.Tensor, lo: float, hi: float, bits: int, pct: float) -> tup
 
 
 def _percentile(x: torch.Tensor, lo: float, hi: float, bits: int, pct: float) -> tuple[float, float]:
-    q = torch.quantile(x.double(), torch.tensor([1 - pct / 100, pct / 100], dtype=torch.float64))
+    q = torch.quantile(x.double(), torch.tensor([1 - pct / 100, pct / 100], dtype=torch.float64, device=x.device))
     return min(float(q[0]), 0.0) if lo < 0 else lo, float(q[1])
 
 

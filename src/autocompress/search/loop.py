@@ -139,7 +139,10 @@ def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
         fail_orphans(study)
     if not resume or len(study.trials) == 0:
         useful = space_mod.useful(budget, shared.techniques)
-        for r in (seeds if seeds is not None else space_mod.seed_recipes(budget, useful, quick)):
+        if seeds is None:
+            seeds = space_mod.seed_recipes(budget, useful, quick, sensitivity=shared.ctx.sensitivity,
+                                           epoch_s=_epoch_s(shared), search_s=deadline.search_remaining())
+        for r in seeds:
             study.enqueue_trial(space_mod.to_params(r, useful), skip_if_exists=True)
     # interrupted / failed trials do not use up the trial budget; finished ones do
     done = _counted(study)
@@ -222,6 +225,18 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     shared = _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)
     shared.base_measurement = base_m
     return shared
+
+
+def _epoch_s(shared: _Shared) -> float | None:
+    """One fine-tuning epoch's cost (seeds fit their fine-tunes to the time); unknown for the user's loop."""
+    if shared.ctx.finetune is not None:
+        return None
+    from autocompress.search.seeds import epoch_seconds
+    try:
+        return epoch_seconds(shared.model, shared.ctx.train_set)
+    except Exception as e:  # noqa: BLE001 - the seeds then keep their nominal fine-tunes
+        log.info("could not time a fine-tuning step (%s: %s)", type(e).__name__, e)
+        return None
 
 
 def _copier(model: nn.Module) -> Callable[[], nn.Module]:

@@ -28,6 +28,7 @@ N_SE = 3.0                # ... nor one within 3 binomial standard errors of the
 SCHEDULE_DIP = 0.20       # a rung reached inside a sparsity schedule may still climb this much
 ATTR = "rungs"            # user attribute: {"0.25": score, ...}
 EARLY = "pruned early"    # note prefix of a trial the rule stopped
+ENABLED = True            # off: no trial is scored at rungs (benchmarks measure what the stop saves)
 
 
 class PrunedEarly(Exception):

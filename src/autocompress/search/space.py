@@ -6,6 +6,7 @@ a technique the user did not allow is simply pinned to "off".
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from autocompress.search.budget import Budget
@@ -78,37 +79,53 @@ def to_params(r: Recipe, techniques: Sequence[str]) -> dict:
 SEED_EPOCHS = (1.0, 2.0, 4.0, 8.0)   # the fine-tune of seed level i: stronger settings need longer
 
 
-def seed_recipes(budget: Budget, techniques: Sequence[str], quick: bool = False) -> list[Recipe]:
+def seed_recipes(budget: Budget, techniques: Sequence[str], quick: bool = False, *,
+                 sensitivity: dict | None = None, epoch_s: float | None = None,
+                 search_s: float = math.inf) -> list[Recipe]:
     """Known-good starting points, cheapest first, from what the techniques declare: their
-    post-training settings (int8 PTQ), then for each kind of target the budget has, level i of
-    every allowed technique serving it combined (mild settings with short fine-tunes first), then
-    the strongest with the post-training settings on top. The sampler explores around them."""
+    post-training settings (int8 PTQ; trained for 0 epochs), then for each kind of target the
+    budget has, level i of every allowed technique serving it combined (mild settings with short
+    fine-tunes first), then the strongest with the post-training settings on top. The sampler
+    explores around them. A technique whose levels its measured ``sensitivity`` can place
+    (``Technique.sensitivity_seeds``) gets them from the curves, plus a ratio they call free
+    tried with no fine-tune; every fine-tune is capped to what the measured ``epoch_s`` lets
+    ``search_s`` pay for (``search/seeds.py``)."""
+    from autocompress.search import seeds as seeds_mod
+
     has = [_tech.get(t) for t in techniques]
+    sens = sensitivity or {}
     base = {"distill": "distill" in techniques}
-    seeds: list[dict] = [dict(t.post_training_seed, finetune_epochs=0.5) for t in has if t.post_training_seed]
+    seeds: list[dict] = [dict(t.post_training_seed, finetune_epochs=0.0) for t in has if t.post_training_seed]
     size = budget.objective in ("smallest", "pareto") or bool(budget.min_size_ratio or budget.max_size_bytes)
     speed = budget.objective == "fastest" or bool(budget.min_speedup)
+    derived = {t.name: seeds_mod.derived_levels(t, sens.get(t.name), budget, choices()) for t in has}
     levels: dict[str, list[dict]] = {}
     for kind in [k for k, wanted in (("speed", speed), ("size", size)) if wanted]:
-        levels[kind] = _levels([t for t in has if kind in t.serves and t.seed_levels])
+        serving = [t for t in has if kind in t.serves and t.seed_levels]
+        seeds += [dict(d["free"], finetune_epochs=0.0) for t in serving
+                  if (d := derived[t.name]) is not None and d["free"]]
+        levels[kind] = _levels(serving, derived)
         seeds += levels[kind]
         post = {k: v for t in has if kind in t.serves and t.post_training_seed for k, v in t.post_training_seed.items()}
         if levels[kind] and post:
             seeds.append(levels[kind][-1] | post)
     if budget.objective == "pareto":
         # a front wants a point that is both smaller and faster: the second level of everything
-        both = _levels([t for t in has if t.seed_levels])
+        both = _levels([t for t in has if t.seed_levels], derived)
         if len(both) > 1:
             seeds.append(both[1])
     if budget.objective == "most_accurate":
-        seeds += _levels([t for t in has if "size" in t.serves and t.seed_levels])[:1]
+        seeds += _levels([t for t in has if "size" in t.serves and t.seed_levels], derived)[:1]
     recipes = [from_params(base | s) for s in seeds]
-    return recipes[:3] if quick else recipes
+    recipes = recipes[:3] if quick else recipes
+    return seeds_mod.cap_epochs(recipes, epoch_s, search_s, list(choices()["finetune_epochs"][1]))
 
 
-def _levels(techs) -> list[dict]:
+def _levels(techs, derived: dict | None = None) -> list[dict]:
     """Level i of every technique combined (one with fewer levels keeps its last), with the
-    fine-tune of that level."""
-    n = max((len(t.seed_levels) for t in techs), default=0)
-    return [{k: v for t in techs for k, v in t.seed_levels[min(i, len(t.seed_levels) - 1)].items()}
+    fine-tune of that level; levels the sensitivity placed replace the declared ones."""
+    derived = derived or {}
+    lv = {t.name: (derived.get(t.name) or {}).get("levels") or t.seed_levels for t in techs}
+    n = max((len(v) for v in lv.values()), default=0)
+    return [{k: v for t in techs for k, v in lv[t.name][min(i, len(lv[t.name]) - 1)].items()}
             | {"finetune_epochs": SEED_EPOCHS[min(i, len(SEED_EPOCHS) - 1)]} for i in range(n)]

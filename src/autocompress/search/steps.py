@@ -98,9 +98,9 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
     # batch 64: twice the optimizer steps per epoch of 128, which recovers pruned LeNets better
     cfg = TrainConfig(epochs=epochs, lr=recipe.lr * lr_scale, batch_size=FINETUNE_BATCH, seed=ctx.seed,
                       progress=False)
-    # only plain models go to the accelerator: masks, codebooks and fake quantizers keep state
-    # tensors of their own on the CPU (structured pruning and factorization leave plain layers)
-    device = ctx.device if accelerate and not hooks else None
+    # steps opt in: pruning masks and fake quantizers are buffers (they follow the model), and
+    # clustering state follows the weights it belongs to (encode/cluster._on)
+    device = ctx.device if accelerate else None
     watch = ctx.rungs
     settled = desc not in ("prune round", "recover sparse")   # mid-schedule scores dip (rungs.py)
     stop = ctx.deadline.expired if watch is None else (lambda: ctx.deadline.expired() or watch.step(model, settled))

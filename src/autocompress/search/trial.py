@@ -123,7 +123,7 @@ def _trial(trial, shared):
 def _rung_watch(trial, shared, recipe):
     """Early stop at rungs of our own fine-tunes (the user's loop has no steps we can see)."""
     ctx = shared.ctx
-    if ctx.rung_evaluate is None or ctx.finetune is not None or recipe.finetune_epochs <= 0:
+    if not rungs_mod.ENABLED or ctx.rung_evaluate is None or ctx.finetune is not None or recipe.finetune_epochs <= 0:
         return None
     from autocompress.search.steps import FINETUNE_BATCH
     steps = rungs_mod.total_steps(recipe.finetune_epochs, len(ctx.train_set), FINETUNE_BATCH)

@@ -30,7 +30,7 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
     cfg = ClusterConfig(bits=recipe.cluster_bits, conv_bits=min(8, recipe.cluster_bits + 1))
     model = cluster_(model, cfg)
     model = ctx.train(model, recipe, share(recipe, run), hooks=cluster_hooks(model), desc="tune centroids",
-                      lr_scale=0.1)
+                      lr_scale=0.1, accelerate=True)
     return strip_clusters_(model)
 
 

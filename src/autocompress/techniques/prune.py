@@ -35,9 +35,10 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
     per_layer = follow_renames(model, allocate(ctx.sensitivity.get("prune"), recipe.sparsity))
     cfg = PruneConfig(sparsity=recipe.sparsity, scope="layer" if per_layer else "global", per_layer=per_layer,
                       schedule="polynomial" if steps > 1 else "oneshot", steps=steps, permanent=False)
-    tune = (lambda m: ctx.train(m, recipe, 0.4 * epochs / steps, desc="prune round")) if epochs > 0 else None
+    tune = (lambda m: ctx.train(m, recipe, 0.4 * epochs / steps, desc="prune round", accelerate=True)) \
+        if epochs > 0 else None
     model = prune_(model, cfg, ctx.train_set, finetune=tune)
-    model = ctx.train(model, recipe, 0.6 * epochs, desc="recover sparse", lr_scale=0.3)
+    model = ctx.train(model, recipe, 0.6 * epochs, desc="recover sparse", lr_scale=0.3, accelerate=True)
     return make_permanent(model)
 
 

@@ -52,7 +52,7 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
     from autocompress.quantize import QATConfig, qat_
     cfg = QATConfig(weight_bits=recipe.weight_bits, act_bits=recipe.act_bits)
     return qat_(model, cfg, ctx.train_set, calibration_data=calib,
-                finetune=lambda m: ctx.train(m, recipe, share(recipe, run), desc="QAT"))
+                finetune=lambda m: ctx.train(m, recipe, share(recipe, run), desc="QAT", accelerate=True))
 
 
 def _layer(m: nn.Module) -> dict:

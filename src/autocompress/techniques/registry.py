@@ -56,6 +56,9 @@ class Technique:
     seed_levels: tuple[dict, ...] = ()
     # a setting worth trying first, with no fine-tuning to speak of (int8 PTQ)
     post_training_seed: dict | None = None
+    # the choice whose values the ``sensitivity`` result's targets are (a share of the cost
+    # removed): the seed levels are then placed on the measured curves (search/seeds.py)
+    sensitivity_seeds: str | None = None
     # per-layer report (search/finish.layer_table): module -> {column: value}; a later
     # technique's non-None value wins (quantize's bit width over the distinct values clustering left)
     layer_report: Callable[[Any], dict] | None = field(default=None, compare=False)
@@ -165,7 +168,8 @@ def check_options(r: "Recipe") -> None:
 
 
 # searched whatever the techniques: the fine-tuning epochs the active steps share
-COMMON = (Choice("finetune_epochs", (0.5, 1.0, 2.0, 4.0, 8.0), 1.0),)
+# 0: post-training candidates (scored in seconds); 0.25: what a large model's search can pay for
+COMMON = (Choice("finetune_epochs", (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0), 1.0),)
 
 
 def share(recipe: "Recipe", run: Callable) -> float:

@@ -77,6 +77,7 @@ TECHNIQUE = register(Technique(
     config=Structured, describe=lambda r: f"channels -{r.structured_ratio:.0%}" if r.structured_ratio else
     "channels per layer",
     seed_levels=tuple({"structured_ratio": s} for s in (0.5, 0.8, 0.9, 0.9)),
+    sensitivity_seeds="structured_ratio",
     sensitivity=lambda ctx: {"ratios": (0.25, 0.5, 0.75, 0.9),
                              "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx.example)},
     to_recipe=lambda p: dict(structured_ratio=float(p.get("structured_ratio", 0.0)),

@@ -1,0 +1,78 @@
+"""Seed recipes for a speed budget come from the model's measured sensitivity and epoch cost."""
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from autocompress.search import Budget
+from autocompress.search.seeds import cap_epochs, epoch_seconds, predicted_drop
+from autocompress.search.recipe import Recipe
+from autocompress.search.space import seed_recipes
+
+GRID = [0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]
+EPOCHS = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+FASTEST = Budget(max_drop=0.3, objective="fastest", latency_batch=64)
+
+
+def _sens(drop_per_ratio: float) -> dict:
+    """Two equal layers whose accuracy falls ``drop_per_ratio`` per unit of ratio."""
+    ratios = [0.25, 0.5, 0.75, 0.9]
+    return {"kind": "structured", "ratios": ratios, "baseline": 0.99,
+            "scores": {n: [0.99 - drop_per_ratio * r for r in ratios] for n in ("a", "b")},
+            "sizes": {"a": 100, "b": 100},
+            "costs": {n: [r / 2 for r in ratios] for n in ("a", "b")}}
+
+
+def test_predicted_drop_grows_with_the_target_and_stops_at_what_was_analysed():
+    s = _sens(0.5)
+    d = [predicted_drop(s, t) for t in (0.3, 0.5, 0.8)]
+    assert 0 < d[0] < d[1] < d[2]
+    assert predicted_drop(s, 0.95) is None          # beyond the largest analysed ratio
+    assert predicted_drop(None, 0.5) is None and predicted_drop({}, 0.0) == 0.0
+
+
+SPEED = ("structured", "quantize", "distill")
+
+
+def test_a_fragile_model_gets_gentler_seeds_than_a_robust_one():
+    robust = seed_recipes(FASTEST, SPEED, sensitivity={"structured": _sens(0.002)})
+    fragile = seed_recipes(FASTEST, SPEED, sensitivity={"structured": _sens(1.0)})
+    assert robust[0].quant == "int8" and robust[0].finetune_epochs == 0.0     # post-training first
+    top = lambda seeds: max(r.structured_ratio for r in seeds)  # noqa: E731
+    assert top(fragile) < top(robust)
+    # the robust model's almost free ratio is tried with no fine-tune at all, before any fine-tune
+    assert robust[1].structured_ratio >= 0.3 and robust[1].finetune_epochs == 0 and robust[1].quant == "none"
+    assert not any(r.structured_ratio > 0 and r.finetune_epochs == 0 for r in fragile)
+    # the fine-tuned seeds bracket the edge with distinct ratios
+    tuned = [r.structured_ratio for r in robust if r.finetune_epochs > 0 and r.quant == "none"]
+    assert len(set(tuned)) >= 3
+
+
+def test_without_sensitivity_the_declared_levels_are_kept():
+    seeds = seed_recipes(FASTEST, ("structured",))
+    assert [r.structured_ratio for r in seeds] == [0.5, 0.8, 0.9, 0.9]
+
+
+def test_fine_tunes_are_capped_to_what_the_search_time_pays_for():
+    seeds = [Recipe(quant="int8", finetune_epochs=0.0), Recipe(structured_ratio=0.5, finetune_epochs=1.0),
+             Recipe(structured_ratio=0.9, finetune_epochs=8.0)]
+    capped = cap_epochs(seeds, epoch_s=100.0, search_s=600.0, epoch_grid=EPOCHS)   # 1.5 epochs each
+    assert [r.finetune_epochs for r in capped] == [0.0, 1.0, 1.0]
+    assert cap_epochs(seeds, None, 600.0, EPOCHS) == seeds
+    assert cap_epochs(seeds, 100.0, math.inf, EPOCHS) == seeds
+    tiny = cap_epochs(seeds, epoch_s=1e6, search_s=60.0, epoch_grid=EPOCHS)
+    assert [r.finetune_epochs for r in tiny] == [0.0, 0.25, 0.25]      # never turned into "no fine-tune"
+    # seed_recipes applies the cap to every objective's seeds
+    small = seed_recipes(Budget(objective="smallest"), ("prune", "cluster", "quantize"), epoch_s=100.0, search_s=600.0)
+    assert max(r.finetune_epochs for r in small) <= 1.0
+
+
+def test_epoch_seconds_times_steps_without_touching_the_model():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    before = [p.clone() for p in m.parameters()]
+    ds = TensorDataset(torch.randn(640, 1, 4, 4), torch.randint(0, 4, (640,)))
+    s = epoch_seconds(m, ds, batch_size=64)
+    assert 0 < s < 10
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
