@@ -190,7 +190,9 @@ def huffman_decode(data: bytes, n: int, alphabet: int) -> np.ndarray:
     pad = np.concatenate([body, np.zeros(3, dtype=np.int64)])
     b24 = ((pad[:-2] << 16) | (pad[1:-1] << 8) | pad[2:])[:len(body) + 1].tolist()
     if n < 1 << 18:                                  # the run table costs ~0.1 s to build
-        out, p = _walk_single(b24, tsym.tolist(), tlen.tolist(), n)
+        L = int(lens.max())                          # an L-bit table: cheap to build for short codes
+        step = 1 << (MAX_CODE_LEN - L)
+        out, p = _walk_single(b24, tsym[::step].tolist(), tlen[::step].tolist(), n, L)
     else:
         out, p = _walk_multi(b24, tsym, tlen, n)
     res = np.asarray(out, dtype=np.int64)
@@ -199,12 +201,12 @@ def huffman_decode(data: bytes, n: int, alphabet: int) -> np.ndarray:
     return res
 
 
-def _walk_single(b24: list, tsym_l: list, tlen_l: list, n: int) -> tuple[list, int]:
+def _walk_single(b24: list, tsym_l: list, tlen_l: list, n: int, L: int) -> tuple[list, int]:
     out = [0] * n
-    p = 0
+    p, top, mask = 0, 24 - L, (1 << L) - 1
     try:
         for i in range(n):
-            w = (b24[p >> 3] >> (8 - (p & 7))) & 0xFFFF
+            w = (b24[p >> 3] >> (top - (p & 7))) & mask
             out[i] = tsym_l[w]
             p += tlen_l[w]
     except IndexError:
