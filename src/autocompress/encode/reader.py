@@ -31,8 +31,8 @@ from torch import nn
 
 from autocompress.encode import entropy
 from autocompress.encode.archspec import ArchError, rebuild
-from autocompress.encode.storage import (_DECODERS, _DTYPES, _HEAD, MAGIC, VERSION, StorageError,
-                                         _check_keys, _decode_tensor)
+from autocompress.encode.storage import _HEAD, MAGIC, VERSION, StorageError, _check_keys
+from autocompress.encode.tensors import _DECODERS, _DTYPES, _decode_tensor
 
 MAX_META_BYTES = 1 << 24        # JSON metadata, decompressed (a 10k-tensor model needs ~2 MB)
 MAX_ELEMS = 1 << 31             # values of all tensors together, whatever the file size
