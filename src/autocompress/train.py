@@ -113,7 +113,7 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
         while step < total:
             for x, y in data:
                 if dev != home:
-                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                    x, y = _to(x, dev), y.to(dev, non_blocking=True)
                 if stop is not None and stop():
                     raise TrainingStopped(f"{desc}: stopped after {step} of {total} steps")
                 loss = loss_fn(model, x, y)
@@ -159,8 +159,8 @@ def reestimate_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) 
         m.momentum = None      # cumulative moving average: every batch counts alike
         m.train()
     try:
-        for i in range(0, len(inputs), batch_size):
-            model(inputs[i:i + batch_size])
+        for i in range(0, _rows(inputs), batch_size):
+            call_model(model, _slice(inputs, i, i + batch_size))
     finally:
         for m, mom in zip(bns, saved):
             m.momentum = mom
@@ -168,14 +168,30 @@ def reestimate_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) 
     return model
 
 
+def _to(x, dev: torch.device):
+    """A batch on ``dev``: a tensor, or each tensor of a dict of keyword inputs."""
+    if isinstance(x, dict):
+        return {k: v.to(dev, non_blocking=True) for k, v in x.items()}
+    return x.to(dev, non_blocking=True)
+
+
+def _rows(x) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def _slice(x, a: int, b: int):
+    """Rows ``a:b`` of a batch: a tensor, or a dict of keyword inputs sliced alike."""
+    return {k: v[a:b] for k, v in x.items()} if isinstance(x, dict) else x[a:b]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable) -> float:
-    """Top-1 accuracy in [0, 1]."""
+    """Top-1 accuracy in [0, 1]; batches may be dicts of keyword inputs and outputs ModelOutputs."""
     was_training = model.training
     model.eval()
     correct = total = 0
     for x, y in loader:
-        correct += (model(x).argmax(-1) == y).sum().item()
+        correct += (pick_output(call_model(model, x)).argmax(-1) == y).sum().item()
         total += y.numel()
     model.train(was_training)
     if total == 0:
@@ -188,6 +204,6 @@ def predict(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Ten
     model.eval()
     outs, ys = [], []
     for x, y in loader:
-        outs.append(model(x))
+        outs.append(pick_output(call_model(model, x)))
         ys.append(y)
     return torch.cat(outs), torch.cat(ys)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from autocompress.data import DataError, Splits
 from autocompress.models.weights_io import WeightsError
+from autocompress.outputs import OutputError, call_model, pick_output
 
 _SCAN_GENERIC = 20000          # labels read from a Dataset that is not tensor-backed (it may be slow)
 
@@ -26,25 +27,28 @@ def check_finite_weights(model: nn.Module, what: str = "the model") -> None:
 
 
 def _first_tensor(out: Any) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
-        return out.logits
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)) and out:
-        return _first_tensor(out[0])
-    return None
+    try:
+        return pick_output(out)
+    except OutputError:
+        return None
 
 
-def probe(model: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor | None:
-    """Run ``model`` on ``x``; a failure is bad input naming the shape (not a traceback later)."""
+def _shape_of(x: Any) -> str:
+    """``(2, 16)``, or for keyword inputs ``input_ids (2, 16), attention_mask (2, 16)``."""
+    if isinstance(x, dict):
+        return ", ".join(f"{k} {tuple(v.shape)}" for k, v in x.items())
+    return str(tuple(x.shape))
+
+
+def probe(model: nn.Module, x: Any, where: str) -> torch.Tensor | None:
+    """Run ``model`` on ``x`` (a tensor, or a dict of keyword inputs); a failure is bad input naming
+    the shape (not a traceback later)."""
     was = model.training
     try:
         with torch.no_grad():
-            out = model.eval()(x)
+            out = call_model(model.eval(), x)
     except Exception as e:       # any failure of a forward on the data's shape means it does not fit
-        raise DataError(f"the model cannot run on inputs of shape {tuple(x.shape)} ({where}): "
+        raise DataError(f"the model cannot run on inputs of shape {_shape_of(x)} ({where}): "
                         f"{type(e).__name__}: {str(e)[:300]}") from None
     finally:
         model.train(was)

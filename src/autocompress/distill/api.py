@@ -20,6 +20,7 @@ from torch import nn
 
 from autocompress.data import Splits
 from autocompress.distill.losses import DistillConfig, kd_loss, make_adapter
+from autocompress.outputs import call_model, pick_output
 from autocompress.train import StepHook, TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ class DistillationLoss:
             self._attach(model)
         self.teacher.eval()
         with torch.no_grad():
-            t_logits = self.teacher(x)
-        s_logits = model(x)
+            t_logits = pick_output(call_model(self.teacher, x))
+        s_logits = pick_output(call_model(model, x))
         a, cfg = self.cfg.alpha, self.cfg
         loss = a * kd_loss(s_logits, t_logits, cfg.temperature)
         if a < 1.0:

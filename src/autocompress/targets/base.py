@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.outputs import call_model, pick_output
 from autocompress.runtime_results import LatencyStats, ParityError, ParityReport  # noqa: F401 - re-exported
 
 
@@ -61,7 +62,7 @@ class Target:
 
     # -- shared -------------------------------------------------------------------------
     def run(self, path: str | Path, inputs: torch.Tensor | np.ndarray) -> np.ndarray:
-        return self.load(path)(_np(inputs))
+        return self.load(path)(inputs)      # each runner converts (ORT keeps int64 ids and dicts)
 
     def size(self, path: str | Path) -> int:
         """Bytes of the deployable file (self-contained: the file is the whole model)."""
@@ -72,7 +73,7 @@ class Target:
         runner = self.load(path, threads)
         correct = total = 0
         for x, y in loader:
-            out = runner(_np(x))
+            out = runner(x)
             correct += int((out.argmax(-1) == np.asarray(y)).sum())
             total += len(y)
         return correct / max(total, 1)
@@ -84,14 +85,14 @@ class Target:
         agreement is below ``min_agreement``."""
         model.eval()
         with torch.no_grad():
-            ref = model(inputs).numpy()
+            ref = pick_output(call_model(model, inputs)).numpy()
         got = self.run(path, inputs)
         if got.shape != ref.shape:
             raise ParityError(f"{path}: {self.label} output shape {got.shape} != PyTorch {ref.shape}")
         diff = float(np.abs(got - ref).max())
         tol = atol + rtol * float(np.abs(ref).max())
         agree = float((got.argmax(-1) == ref.argmax(-1)).mean()) if ref.ndim > 1 else 1.0
-        rep = ParityReport(diff, agree, int(inputs.shape[0]))
+        rep = ParityReport(diff, agree, int(ref.shape[0]))
         if not np.isfinite(diff) or diff > tol or agree < min_agreement:
             raise ParityError(f"{path}: {self.label} disagrees with PyTorch: max |diff| {diff:.3g} "
                               f"(tolerance {tol:.3g}), top-1 agreement {agree:.2%} "
