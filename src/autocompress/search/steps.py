@@ -77,8 +77,11 @@ def _cached_teacher(ctx: TrialContext) -> nn.Module:
     if ctx.teacher_cache is None:
         from torch.utils.data import DataLoader
         from autocompress.distill.api import CachedTeacher
-        xs = torch.cat([x for x, _ in DataLoader(ctx.train_set, batch_size=2048)])
-        ctx.teacher_cache = CachedTeacher(ctx.teacher, xs)
+        xs = [x for x, _ in DataLoader(ctx.train_set, batch_size=2048)]
+        # keyword inputs (token ids + attention mask) are not looked up by one tensor's values:
+        # the teacher itself answers (its forward is cheap next to the student's step there)
+        ctx.teacher_cache = ctx.teacher.eval() if isinstance(xs[0], dict) else \
+            CachedTeacher(ctx.teacher, torch.cat(xs))
     return ctx.teacher_cache
 
 
