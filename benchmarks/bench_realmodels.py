@@ -38,7 +38,7 @@ from thirdparty import import_thirdparty  # noqa: E402
 
 from autocompress.data import Splits, arrays_to_dataset, from_datasets, load_mnist  # noqa: E402
 from autocompress.export import measure_latency  # noqa: E402
-from autocompress.search import Budget, compress  # noqa: E402
+from autocompress.search import Budget, ResultOptions, TrainingOptions, compress  # noqa: E402
 from autocompress.train import TrainConfig, evaluate, fit, reestimate_bn  # noqa: E402
 
 MODELS = ("resnet18", "mobilenet_v3_small", "bert_tiny")
@@ -92,7 +92,7 @@ def build(name: str, quick: bool) -> tuple[torch.nn.Module, Splits, TrainConfig]
         cfg = tr.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                             intermediate_size=128, max_position_embeddings=SEQ * 2, num_labels=2)
         model = tr.BertForSequenceClassification(cfg)
-        data = token_task(*((512, 256, 256) if quick else (4000, 1000, 2000)))
+        data = token_task(*((512, 256, 256) if quick else (3000, 1000, 2000)))
         train = TrainConfig(epochs=0.5 if quick else 1, lr=1e-3, batch_size=64, progress=False)
     else:
         tv = import_thirdparty("torchvision").models
@@ -115,7 +115,8 @@ def run_one(name: str, limit_s: float, quick: bool, out: Path) -> list[str]:
     budget = Budget(max_drop=1.0, objective="smallest", size_of="onnx", time_limit_s=limit_s,
                     max_trials=1 if quick else 40, latency_batch=8)
     t0 = time.time()
-    res = compress(model.eval(), data, budget, out_dir=out / name, quick=quick, title=f"{name} (bench_realmodels)")
+    res = compress(model.eval(), data, budget, training=TrainingOptions(quick=quick),
+                   results=ResultOptions(out_dir=out / name, title=f"{name} (bench_realmodels)"))
     wall = time.time() - t0
     ok = sum(t.state == "complete" for t in res.trials)
     failed = sum(t.state == "failed" for t in res.trials)
