@@ -99,3 +99,28 @@ def test_cached_teacher_returns_the_teachers_outputs():
     with torch.no_grad():
         for x in (seen[10:30], unseen, torch.cat([seen[:3], unseen[:2]])):
             assert torch.allclose(cached(x), teacher(x), atol=1e-6)
+
+
+def test_the_trials_fine_tune_distils_with_the_recipes_own_settings():
+    """search/steps.loss_for reads the distill technique's temperature and alpha from the recipe
+    (no constants), so a replayed recipe distils exactly as its trial did."""
+    from types import SimpleNamespace
+
+    from autocompress.search import Recipe
+    from autocompress.search.steps import loss_for
+    student, x = build("mlp", batch=16)
+    teacher, _ = build("mlp", seed=1)
+    y = torch.randint(0, 10, (16,))
+    ctx = SimpleNamespace(teacher_cache=teacher)    # the cached teacher a search would build once
+
+    def manual(T: float, a: float) -> torch.Tensor:
+        s, t = student(x), teacher(x).detach()
+        return a * kd_loss(s, t, T) + (1 - a) * F.cross_entropy(s, y)
+
+    with torch.no_grad():
+        custom = loss_for(Recipe(temperature=4.0, alpha=0.3), ctx)(student, x, y)
+        default = loss_for(Recipe(), ctx)(student, x, y)
+        assert torch.allclose(custom, manual(4.0, 0.3), atol=1e-6)
+        assert torch.allclose(default, manual(2.0, 0.5), atol=1e-6)   # today's values by default
+        assert not torch.allclose(custom, default)
+    assert loss_for(Recipe(distill=False, temperature=4.0), ctx) is None

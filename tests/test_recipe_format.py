@@ -24,6 +24,20 @@ def test_a_recipe_is_the_ordered_list_of_its_techniques_settings():
     assert Recipe.from_dict({"techniques": [{"quantize": {"quant": "qat"}}]}).weight_bits == 8   # its default
 
 
+def test_distillation_settings_are_the_distill_entrys_own():
+    r = Recipe(sparsity=0.9, temperature=4.0, alpha=0.3)
+    doc = yaml.safe_load(r.to_yaml())
+    assert doc["techniques"][-1] == {"distill": {"distill": True, "temperature": 4.0, "alpha": 0.3}}
+    assert Recipe.from_yaml(r.to_yaml()) == r and Recipe.from_json(r.to_json()) == r
+    assert "distilled (T=4, alpha=0.3)" in r.describe()
+    # left out: today's values (T=2, alpha=0.5), in either form
+    listed = Recipe.from_dict({"techniques": [{"distill": {"distill": True}}]})
+    assert (listed.temperature, listed.alpha) == (2.0, 0.5) == (Recipe().temperature, Recipe().alpha)
+    assert Recipe.from_dict({"techniques": [{"distill": None}]}) == Recipe()
+    with pytest.raises(ConfigError, match=r"distill.alpha must be in \[0, 1\], got 1.5"):
+        Recipe(alpha=1.5)                         # checked when built, not only when read
+
+
 def test_flat_recipe_files_of_earlier_versions_still_replay(tmp_path):
     flat = {"structured_ratio": 0.0, "layer_ratios": {}, "round_to": 8, "rank_energy": None, "sparsity": 0.9,
             "cluster_bits": 4, "quant": "none", "weight_bits": 8, "act_bits": 8, "distill": True,
@@ -43,6 +57,9 @@ def test_flat_recipe_files_of_earlier_versions_still_replay(tmp_path):
      r"techniques\[1\]: 'prune' listed after 'cluster'; techniques run in the order"),
     ({"techniques": [{"prune": {}, "cluster": {}}]}, r"techniques\[0\]: expected one technique name"),
     ({"techniques": [], "epochs": 1}, r"unknown key\(s\) \['epochs'\]"),
+    ({"techniques": [{"distill": {"temperature": 0}}]}, r"distill.temperature must be > 0"),
+    ({"techniques": [{"distill": {"alpha": -0.1}}]}, r"distill.alpha must be in \[0, 1\]"),
+    ({"techniques": [{"distill": {"temprature": 3}}]}, r"techniques\[0\].distill: unknown key\(s\) \['temprature'\]"),
 ])
 def test_a_bad_recipe_file_names_the_entry(doc, match):
     with pytest.raises(ConfigError, match=match):

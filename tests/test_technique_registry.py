@@ -106,3 +106,13 @@ def test_importing_the_techniques_loads_no_runtime_nor_the_search():
             "'optuna') or m.startswith(('autocompress.search', 'autocompress.targets', 'autocompress.export'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_distill_declares_its_temperature_and_alpha():
+    """Distillation's settings are its technique's config (no constants in the step): built and
+    checked from the recipe, and a sampled trial gets today's values (T=2, alpha=0.5)."""
+    from autocompress.techniques.distill import Distill
+    t = tech.get("distill")
+    assert t.settings(Recipe(temperature=3.0, alpha=0.25)) == Distill(distill=True, temperature=3.0, alpha=0.25)
+    sampled = Recipe(**t.recipe_kwargs({"distill": True}))
+    assert (sampled.distill, sampled.temperature, sampled.alpha) == (True, 2.0, 0.5)

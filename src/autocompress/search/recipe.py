@@ -7,7 +7,7 @@ learning rate)::
     techniques:
     - prune: {sparsity: 0.9}
     - cluster: {cluster_bits: 4}
-    - distill: {distill: true}
+    - distill: {distill: true, temperature: 2.0, alpha: 0.5}
     finetune_epochs: 2.0
     lr: 0.001
 
@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from autocompress import techniques as _tech
 from autocompress.config import Config, ConfigError, _closest
+from autocompress.techniques.distill import ALPHA, TEMPERATURE
 
 Quant = Literal["none", "int8", "mixed", "qat"]
 SHARED = ("finetune_epochs", "lr")    # what every step of a recipe shares (not one technique's)
@@ -43,7 +44,7 @@ class Recipe(Config):
        (``weight_bits`` where the layer tolerates it, else int8 or fp32, chosen on validation);
        or ``qat``: quantization-aware training at ``weight_bits``.
     Fine-tuning (``finetune_epochs``) follows each lossy step, distilled from the original model
-    when ``distill`` is set.
+    when ``distill`` is set, at ``temperature`` with soft-target weight ``alpha`` (techniques/distill.py).
     """
 
     structured_ratio: float = 0.0
@@ -56,6 +57,8 @@ class Recipe(Config):
     weight_bits: int = 8
     act_bits: int = 8
     distill: bool = True
+    temperature: float = TEMPERATURE   # distillation's (techniques/distill.py: why these, checks)
+    alpha: float = ALPHA
     finetune_epochs: float = 1.0
     lr: float = 1e-3
     # parameters of techniques registered outside this package (techniques/), by name

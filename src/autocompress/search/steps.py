@@ -66,9 +66,9 @@ def loss_for(recipe: Recipe, ctx: TrialContext):
     if not recipe.distill:
         return None
     from autocompress.distill import DistillConfig, distillation_loss
-    # T=2, alpha=0.5: the original is nearly one-hot on its own training images, so a hotter
-    # temperature or a heavier soft weight recovered less in short fine-tunes (bench_storage)
-    return distillation_loss(_cached_teacher(ctx), DistillConfig(temperature=2.0, alpha=0.5))
+    # the distill technique's own settings (techniques/distill.py: its defaults and why)
+    return distillation_loss(_cached_teacher(ctx), DistillConfig(temperature=recipe.temperature,
+                                                                  alpha=recipe.alpha))
 
 
 def _cached_teacher(ctx: TrialContext) -> nn.Module:
