@@ -1,23 +1,27 @@
-"""What a user deploys: the compressed model's ``model.onnx`` on stock ONNX Runtime, beside the fp32
-file and ONNX Runtime's own ``quantize_static`` (int8 QDQ) of it, on MNIST (LeNet-5, LeNet-300-100).
+"""What a user deploys, per runtime: the compressed model's ``model.onnx`` on stock ONNX Runtime beside
+the fp32 file and ONNX Runtime's own ``quantize_static`` (int8 QDQ) of it, and (``--executorch``) its
+``model.pte`` on ExecuTorch (XNNPACK) beside the fp32 .pte and a plain XNNPACK int8 .pte of the
+uncompressed model; MNIST, LeNet-5 and LeNet-300-100.
 
     python benchmarks/bench_deploy.py              # compress() per budget (~8 min each), full test split
     python benchmarks/bench_deploy.py --quick      # smoke run (< 2 min): fixed recipes replayed with
                                                    # short fine-tunes, 2,000 test images, 30 timing runs
-    python benchmarks/bench_deploy.py --executorch # + the ExecuTorch rows (bench_executorch.rows)
+    python benchmarks/bench_deploy.py --executorch # + the ExecuTorch rows: the same budgets searched
+                                                   # with Budget(runtime="executorch") (~8 min each more)
 
 Budgets: "smallest, <= 0.1 points" and "fastest, <= 0.3 points" (validation split decides, test is
 reported). Per file: bytes on disk, bytes DEFLATE-zipped (what an app package ships), median latency
-at batch 1 and 64 on ONNX Runtime (1 thread, every file of one model interleaved in one process),
-and top-1 test accuracy measured by ``ort_plain.py``: a separate process with only onnxruntime and
-numpy (autocompress and torch refused), default session options. ``acz`` is the storage artifact.
+at batch 1 and 64 on its runtime (1 thread, every file of one model and runtime interleaved in one
+process), and top-1 test accuracy on its runtime: for .onnx files measured by ``ort_plain.py``, a
+separate process with only onnxruntime and numpy (autocompress and torch refused), default session
+options; for .pte files on ExecuTorch's runtime. ``acz`` is the storage artifact.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
+import dataclasses
 import json
 import subprocess
 import sys
@@ -30,7 +34,7 @@ import torch
 from autocompress import targets
 from autocompress.baselines import load_baseline
 from autocompress.data import Splits, load_mnist
-from autocompress.export.qdq import ort_quantize_static
+from autocompress.targets.onnxruntime import ort_quantize_static
 from autocompress.measure import zipped_bytes
 from autocompress.models import MODELS
 from autocompress.search import Budget, Recipe, ResultOptions, apply_recipe, compress
@@ -43,6 +47,10 @@ BUDGETS = {"smallest": Budget(max_drop=0.1, objective="smallest", min_size_ratio
 # --quick: one recipe per budget, replayed (the deploy path of the search, without the search)
 QUICK = {"smallest": Recipe(sparsity=0.9, cluster_bits=4, finetune_epochs=0.25),
          "fastest": Recipe(quant="int8", finetune_epochs=0.0)}
+# --quick on ExecuTorch: its .pte stores weights densely (sparsity and shared values do not shrink
+# it), so "smallest" is int8; "fastest" removes channels (counts rounded to multiples of 8) too
+QUICK_PTE = {"smallest": Recipe(quant="int8", finetune_epochs=0.0),
+             "fastest": Recipe(structured_ratio=0.3, round_to=8, quant="int8", finetune_epochs=0.5)}
 GOAL_X = 20.0          # deployed ONNX at least this much smaller than fp32 (LeNet-5, smallest)
 
 
@@ -76,26 +84,51 @@ def plain_ort_accuracy(onnx_path: Path, x: Path, y: Path) -> float:
     return doc["accuracy"]
 
 
-def _compressed(name: str, kind: str, base, data: Splits, quick: bool, out: Path):
-    """(result, deployed model.onnx) for one budget: the search, or in quick mode a fixed recipe."""
+def _compressed(name: str, kind: str, base, data: Splits, quick: bool, out: Path, runtime: str = "onnxruntime"):
+    """(result, deployed file) for one budget on ``runtime``: the search, or in quick mode a fixed recipe."""
+    budget = dataclasses.replace(BUDGETS[kind], runtime=runtime)
+    if runtime != "onnxruntime":   # a .pte has no storage artifact beside it: its own bytes count
+        budget = dataclasses.replace(budget, size_of="onnx")
     if quick:
-        res = apply_recipe(copy.deepcopy(base), QUICK[kind], data, out_dir=out, quick=True, budget=BUDGETS[kind])
+        recipe = (QUICK_PTE if runtime == "executorch" else QUICK)[kind]
+        res = apply_recipe(copy.deepcopy(base), recipe, data, out_dir=out, quick=True, budget=budget)
     else:
-        res = compress(copy.deepcopy(base), data, BUDGETS[kind],
-                       results=ResultOptions(out_dir=out, title=f"bench_deploy: {name} {kind}"))
-    return res, out / "model.onnx"
+        res = compress(copy.deepcopy(base), data, budget,
+                       results=ResultOptions(out_dir=out, title=f"bench_deploy: {name} {kind} ({runtime})"))
+    return res, out / targets.get(runtime).filename
 
 
-def executorch_rows(name: str, quick: bool, work: Path) -> list[dict]:
-    """Hook for the ExecuTorch columns: bench_executorch.rows() (fp32 .pte and XNNPACK int8 .pte of
-    the uncompressed model) when executorch is installed; rows use this table's keys. The
-    compressed .pte rows (the search with ``Budget(runtime="executorch")``) belong here too."""
+def executorch_rows(name: str, kinds: tuple[str, ...], base, data: Splits, quick: bool, work: Path) -> list[dict]:
+    """The ExecuTorch (XNNPACK) rows: fp32 .pte and a plain XNNPACK int8 .pte of the uncompressed model
+    (the peer: torchao's PT2E flow, XNNPACKQuantizer, 512 calibration images), beside each budget's
+    result searched *on ExecuTorch* (``Budget(runtime="executorch")``: trials timed on its runtime),
+    its ``model.pte``. All .pte files of one model are timed interleaved in one process; accuracy is
+    measured on the ExecuTorch runtime on the same test images as the ONNX rows."""
     if "executorch" not in targets.available():
         return []
-    spec = importlib.util.spec_from_file_location("bench_executorch", HERE / "bench_executorch.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return [dict(r, acz=None, plain_ort=None) for r in mod.rows(name, quick, work) if r["runtime"] != "ONNX Runtime"]
+    et = targets.get("executorch")
+    example = data.example_input(1)
+    files = {"fp32 .pte": et.export(base, example, work / f"{name}-fp32.pte"),
+             "XNNPACK int8 .pte": et.export(base, example, work / f"{name}-xnnpack-int8.pte", quantized=True,
+                                            calibration=data.calibration_batch(512, seed=0))}
+    results = {}
+    for kind in kinds:
+        res, _ = _compressed(name, kind, base, data, quick, work / f"{name}-{kind}-pte", runtime="executorch")
+        results[kind] = res
+        files[f"ours: {kind} .pte"] = work / f"{name}-{kind}-pte" / "model.pte"
+    lat = et.time(files, tuple(data.input_shape), (1, 64), threads=1, runs=30 if quick else 200)
+    rows = []
+    for label, path in files.items():
+        kind = label.split()[1] if label.startswith("ours") else None
+        res = results.get(kind)
+        rows.append({"model": name, "runtime": et.label, "file": label, "bytes": et.size(path),
+                     "zipped": zipped_bytes(path), "b1_ms": lat[label][1].median_ms,
+                     "b64_ms": lat[label][64].median_ms,
+                     "accuracy": et.accuracy(path, data.loader("test", 1000)),
+                     "acz": None, "plain_ort": None,
+                     "reported": res.final.deployed_accuracy.get("test") if res else None,
+                     "met": res.met if res else None, "recipe": res.recipe.describe() if res else None})
+    return rows
 
 
 def model_rows(name: str, quick: bool, work: Path, executorch: bool = False) -> dict:
@@ -124,10 +157,10 @@ def model_rows(name: str, quick: bool, work: Path, executorch: bool = False) -> 
                      "b64_ms": lat[label][64].median_ms, "accuracy": plain_ort_accuracy(path, x, y),
                      "acz": res.final.storage_bytes if res else None,
                      # what the result reports for its deployed file (same test images)
-                     "reported": res.final.ort_accuracy.get("test") if res else None,
+                     "reported": res.final.deployed_accuracy.get("test") if res else None,
                      "met": res.met if res else None, "recipe": res.recipe.describe() if res else None})
     if executorch:
-        rows += executorch_rows(name, quick, work)
+        rows += executorch_rows(name, tuple(BUDGETS), base, data, quick, work)
     for r in rows:        # against the fp32 file of the same runtime (its first row)
         ref = next(q for q in rows if q["runtime"] == r["runtime"])
         r["x_smaller"] = ref["bytes"] / r["bytes"]
@@ -136,7 +169,7 @@ def model_rows(name: str, quick: bool, work: Path, executorch: bool = False) -> 
 
 
 def report(per_model: dict[str, dict]) -> str:
-    lines = ["| model | runtime | file | bytes | zipped | x smaller | acz | b1 ms | b64 ms | test acc (plain ORT) "
+    lines = ["| model | runtime | file | bytes | zipped | x smaller | acz | b1 ms | b64 ms | test acc (its runtime) "
              "| drop | = reported |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, doc in per_model.items():
         for r in doc["rows"]:
@@ -155,6 +188,14 @@ def report(per_model: dict[str, dict]) -> str:
                      f"{'met' if small['x_smaller'] >= GOAL_X and small['drop_points'] <= 0.1 else 'NOT met'}), "
                      f"{small['bytes'] / small['acz']:.2f}x the .acz artifact (limit 2x), "
                      f"zipped {small['zipped']:,} B; test images: {doc['test_images']:,}")
+        rows = {r["file"]: r for r in doc["rows"]}
+        fast, peer = rows.get("ours: fastest .pte"), rows.get("XNNPACK int8 .pte")
+        if fast and peer:
+            within = fast["drop_points"] <= 0.3
+            lines.append(f"{name}: ExecuTorch fastest ({fast['recipe']}): {peer['b1_ms'] / fast['b1_ms']:.2f}x (b1), "
+                         f"{peer['b64_ms'] / fast['b64_ms']:.2f}x (b64) the speed of the plain XNNPACK int8 .pte, "
+                         f"{fast['drop_points']:+.2f} points vs the fp32 .pte (goal: faster within 0.3 points: "
+                         f"{'met' if within and fast['b64_ms'] < peer['b64_ms'] and fast['b1_ms'] < peer['b1_ms'] else 'NOT met'})")
     return "\n".join(lines)
 
 

@@ -37,7 +37,8 @@ import torch_pruning as tp
 from torch import nn
 
 from autocompress.data import Splits, load_mnist
-from autocompress.export import check_parity, export_onnx, measure_latency, ort_accuracy
+from autocompress.export import export_onnx
+from autocompress.targets.onnxruntime import check_parity, measure_latency, ort_accuracy
 from autocompress.measure.core import count_macs, count_nonzero, count_params
 from autocompress.baselines import load_baseline
 from autocompress.models import MODELS, build_model

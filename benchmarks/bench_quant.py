@@ -32,8 +32,9 @@ import torch
 from torch.utils.data import Subset
 
 from autocompress.data import load_mnist
-from autocompress.export import export_onnx, measure_latency, onnx_bytes, ort_accuracy
-from autocompress.export.qdq import export_quantized, ort_quantize_dynamic, ort_quantize_static
+from autocompress.export import export_onnx, onnx_bytes
+from autocompress.targets.onnxruntime import measure_latency, ort_accuracy
+from autocompress.targets.onnxruntime import export_quantized, ort_quantize_dynamic, ort_quantize_static
 from autocompress.baselines import load_baseline
 from autocompress.models import build_model
 from autocompress.models.weights_io import WeightsError

@@ -77,8 +77,8 @@ def _model(name: str, quick: bool) -> tuple[nn.Module, Splits]:
 
 
 def _row(model: str, budget: str, who: str, base, final, met: bool | None, secs: float) -> list[str]:
-    acc0, acc1 = base.ort_accuracy["test"], final.ort_accuracy["test"]
-    size = base.fp32_bytes / max(final.storage_bytes or final.onnx_bytes, 1)
+    acc0, acc1 = base.deployed_accuracy["test"], final.deployed_accuracy["test"]
+    size = base.fp32_bytes / max(final.storage_bytes or final.deployed_bytes, 1)
     speed = base.latency_ms[64] / final.latency_ms[64] if final.latency_ms.get(64) else float("nan")
     return [model, budget, who, f"{100 * acc1:.2f} %", f"{100 * (acc1 - acc0):+.2f}", f"{size:.1f}x",
             f"{(final.storage_bytes or 0) / 1e3:.1f} kB", f"{speed:.2f}x",

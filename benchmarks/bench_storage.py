@@ -31,7 +31,8 @@ from autocompress.data import Splits, load_mnist
 from autocompress.distill import CachedTeacher, DistillConfig, distillation_loss
 from autocompress.encode import (ClusterConfig, artifact_info, cluster_, load_compressed, save_compressed,
                                  sync_clusters)
-from autocompress.export import check_parity, export_onnx, measure_latency, ort_accuracy
+from autocompress.export import export_onnx
+from autocompress.targets.onnxruntime import check_parity, measure_latency, ort_accuracy
 from autocompress.factorize import FactorizeConfig, factorize_, plan_ranks
 from autocompress.measure.core import count_macs, count_nonzero, count_params, fp32_bytes
 from autocompress.baselines import load_baseline

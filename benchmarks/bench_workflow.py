@@ -37,7 +37,7 @@ def _timed(argv: list[str]) -> tuple[int, float]:
 
 
 def _stability(ref: Path, cand: Path, input_shape: tuple[int, ...], repeats: int, batch: int) -> dict:
-    from autocompress.export import measure_latency
+    from autocompress.targets.onnxruntime import measure_latency
 
     ratios, abs_ms = [], []
     for _ in range(repeats):

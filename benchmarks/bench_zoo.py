@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from realzoo import REAL_ZOO_NAMES, batch_of, build_real  # noqa: E402
 
-from autocompress.export import check_parity, export_onnx, session  # noqa: E402
+from autocompress.export import export_onnx  # noqa: E402
 from autocompress.export.inputs import ort_feed  # noqa: E402
-from autocompress.export.qdq import export_quantized  # noqa: E402
+from autocompress.targets.onnxruntime import check_parity, export_quantized, session  # noqa: E402
 from autocompress.measure.core import count_macs  # noqa: E402
 from autocompress.measure.timing import interleaved_speedup  # noqa: E402
 from autocompress.prune import StructuredPruneConfig, prune_channels_  # noqa: E402

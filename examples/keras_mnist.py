@@ -65,7 +65,7 @@ def keras_cnn():
 
 def run(out_dir: str | Path = "out/keras-mnist", quick: bool = False) -> Outcome:
     import keras
-    from autocompress.export import ort_accuracy
+    from autocompress.targets.onnxruntime import ort_accuracy
 
     if keras.backend.backend() != "torch":
         raise SystemExit(f"this example needs KERAS_BACKEND=torch (Keras is using {keras.backend.backend()!r})")

@@ -234,13 +234,13 @@ def test_apply_budget_against_the_original_reference(project, monkeypatch, capsy
     recipe = proj / "recipe.yaml"
     recipe.write_text("sparsity: 0.5\n")
     original = sample_report(2)
-    original["baseline"]["ort_accuracy"] = {"test": 0.999}   # the run's fp32 model: 99.9 %
+    original["baseline"]["deployed_accuracy"] = {"test": 0.999}   # the run's fp32 model: 99.9 %
     (proj / "report.json").write_text(json.dumps(original))  # next to the recipe, as a run leaves it
     assert main(["-q", "apply", str(recipe), "--config", str(cfg), "--out", "s1"]) == NOT_MET
     out = capsys.readouterr().out
     assert "relative to the weights given): budget met" in out
     assert "relative to the original reference): budget NOT met" in out and "99.90 %" in out
-    original["baseline"]["ort_accuracy"] = {"test": 0.992}
+    original["baseline"]["deployed_accuracy"] = {"test": 0.992}
     (proj / "report.json").write_text(json.dumps(original))
     assert main(["-q", "apply", str(recipe), "--config", str(cfg), "--out", "s2"]) == OK
     assert "original reference): budget met" in capsys.readouterr().out

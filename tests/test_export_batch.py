@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from autocompress.export import session
+from autocompress.targets.onnxruntime import session
 from autocompress.export.onnx import export_onnx
 from zoo import batch_of, build
 

@@ -9,7 +9,8 @@ from torch import nn
 from zoo import batch_of, build
 
 from autocompress.config import ConfigError
-from autocompress.export import check_parity, export_onnx
+from autocompress.export import export_onnx
+from autocompress.targets.onnxruntime import check_parity
 from autocompress.factorize import FactorizeConfig, break_even_rank, factorize_, plan_ranks
 from autocompress.measure.core import count_macs, count_params
 

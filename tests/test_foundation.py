@@ -14,7 +14,8 @@ from torch import nn
 
 from autocompress.config import Config, ConfigError
 from autocompress.data import DataError, arrays_to_dataset, from_datasets, load_mnist, load_npz
-from autocompress.export import ParityError, check_parity, export_onnx, measure_latency, onnx_bytes
+from autocompress.export import ParityError, export_onnx, onnx_bytes
+from autocompress.targets.onnxruntime import check_parity, measure_latency
 from autocompress.measure import count_macs, count_nonzero, count_params, fp32_bytes
 from autocompress.models import (LeNet5, LeNet300100, WeightsError, build_model, load_weights,
                                  save_weights)

@@ -19,7 +19,8 @@ from onnx import TensorProto, helper
 
 import autocompress as ac
 from autocompress.config import ConfigError
-from autocompress.export import check_parity, export_onnx, run, session
+from autocompress.export import export_onnx
+from autocompress.targets.onnxruntime import check_parity, run, session
 from autocompress.frontends import FrontendError, OnnxModel
 from zoo import CNN_NAMES, batch_of, build
 
@@ -53,7 +54,7 @@ def test_from_onnx_matches_onnx_runtime(name, tmp_path):
 
 def test_techniques_run_on_a_converted_cnn(tmp_path):
     from autocompress.encode import ClusterConfig, cluster_
-    from autocompress.export.qdq import export_quantized
+    from autocompress.targets.onnxruntime import export_quantized
     from autocompress.prune import PruneConfig, StructuredPruneConfig, model_cost, prune_, prune_channels_
     from autocompress.quantize import PTQConfig, quantize_
 
@@ -212,7 +213,7 @@ def test_keras_mnist_example_quick(tmp_path):
 
 
 def test_compressed_export_keeps_the_files_names(tmp_path):
-    from autocompress.export.qdq import export_quantized
+    from autocompress.targets.onnxruntime import export_quantized
     from autocompress.prune import PruneConfig, prune_
     from autocompress.quantize import PTQConfig, quantize_
 

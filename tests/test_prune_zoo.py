@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.export import check_parity, export_onnx
+from autocompress.export import export_onnx
+from autocompress.targets.onnxruntime import check_parity
 from autocompress.measure.core import count_params
 from autocompress.prune import (PruneConfig, StructuredPruneConfig, StructuredPruneError, channel_counts,
                                 global_sparsity, model_cost, prune_, prune_channels_)

@@ -7,9 +7,9 @@ import torch
 from torch.utils.data import Subset
 
 from autocompress.baselines import load_baseline
-from autocompress.export import ort_accuracy, run, session
-from autocompress.export.guard import latency_guard_
-from autocompress.export.qdq import export_quantized, quantization_metadata, verify_parity
+from autocompress.export.qdq import quantization_metadata
+from autocompress.targets.onnxruntime import export_quantized, ort_accuracy, run, session, verify_quantized
+from autocompress.targets.ort_guard import latency_guard_
 from autocompress.models import baseline_path
 from autocompress.quantize import (DynamicInt8Config, Fp16Config, Int4WeightOnlyConfig, PTQConfig,
                                    quant_report, quantize_)

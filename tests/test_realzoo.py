@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.export import check_parity, export_onnx, run, session
+from autocompress.export import export_onnx
+from autocompress.targets.onnxruntime import check_parity, run, session
 from autocompress.measure.core import count_macs, count_params
 from autocompress.outputs import pick_output
 from autocompress.prune import StructuredPruneConfig, StructuredPruneError, prune_channels_
@@ -127,7 +128,7 @@ def test_hf_model_exports_with_ids_alone_and_parity_reads_the_modeloutput(tmp_pa
 
 def test_from_datasets_keeps_int64_ids_and_keyword_inputs_through_ort(tmp_path):
     from autocompress.data import from_datasets
-    from autocompress.export import ort_accuracy
+    from autocompress.targets.onnxruntime import ort_accuracy
 
     model, _ = build_real("bert_tiny")
     ids = batch_of("bert_tiny", 24, 9).numpy()              # numpy int64, as a tokenizer gives
@@ -150,7 +151,7 @@ def test_from_datasets_keeps_int64_ids_and_keyword_inputs_through_ort(tmp_path):
 def test_static_int8_export_with_all_zero_biases(tmp_path):
     # fresh BatchNorm folds to an all-zero conv bias and a zero-initialised head bias: the exporter
     # drops them, which used to fail with an ONNX node name
-    from autocompress.export.qdq import export_quantized
+    from autocompress.targets.onnxruntime import export_quantized
     from autocompress.quantize import PTQConfig, quantize_
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
@@ -194,7 +195,7 @@ def test_dynamic_batch_is_never_silently_fixed_on_recurrent_models(tmp_path):
 
 
 def test_dynamic_int8_export_of_an_hf_model_as_it_is(tmp_path):
-    from autocompress.export.qdq import export_quantized
+    from autocompress.targets.onnxruntime import export_quantized
     from autocompress.quantize import DynamicInt8Config, quantize_
 
     model, ids = build_real("distilbert_tiny")
@@ -214,7 +215,7 @@ def _hf_dict(name: str, n: int, seed: int) -> dict:
 def test_static_int8_on_hf_models_keeps_int64_ids_unobserved(name, tmp_path, caplog):
     # token ids (and the attention mask) reach the model as they are: only the Linear layers'
     # activations are calibrated; the QDQ graph keeps int64 inputs and matches the simulation on ORT
-    from autocompress.export.qdq import export_quantized
+    from autocompress.targets.onnxruntime import export_quantized
     from autocompress.quantize import PTQConfig, quant_report, quantize_
 
     model, _ = build_real(name)

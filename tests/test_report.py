@@ -12,11 +12,11 @@ def sample_report(n_trials: int = 12) -> dict:
     """A report shaped like ``Result.to_dict()`` with plausible LeNet-5 figures (made up for the
     renderer only; nothing here is presented as a measurement)."""
     base = {"name": "baseline", "params": 431080, "nonzero": 431080, "macs": 2293000,
-            "fp32_bytes": 1724320, "onnx_bytes": 1725900, "storage_bytes": None,
-            "accuracy": {"val": 0.9915, "test": 0.992}, "ort_accuracy": {"test": 0.992},
-            "latency_ms": {"1": 0.20, "64": 4.0}, "onnx_path": None}
-    final = dict(base, name="final", nonzero=30000, onnx_bytes=300000, storage_bytes=30000,
-                 accuracy={"val": 0.9905, "test": 0.9912}, ort_accuracy={"test": 0.991},
+            "fp32_bytes": 1724320, "deployed_bytes": 1725900, "storage_bytes": None,
+            "accuracy": {"val": 0.9915, "test": 0.992}, "deployed_accuracy": {"test": 0.992},
+            "latency_ms": {"1": 0.20, "64": 4.0}, "deployed_path": None}
+    final = dict(base, name="final", nonzero=30000, deployed_bytes=300000, storage_bytes=30000,
+                 accuracy={"val": 0.9905, "test": 0.9912}, deployed_accuracy={"test": 0.991},
                  latency_ms={"1": 0.25, "64": 1.0})
     trials = []
     for i in range(n_trials):
@@ -94,7 +94,22 @@ def test_plots_reflect_data():
 
 def test_equal_figures_say_same():
     rep = sample_report()
-    rep["final"]["onnx_bytes"] = rep["baseline"]["onnx_bytes"]
+    rep["final"]["deployed_bytes"] = rep["baseline"]["deployed_bytes"]
     rep["final"]["latency_ms"] = dict(rep["baseline"]["latency_ms"])
     body = before_after_table(rep)
     assert body.count("same (within 1 %)") == 3
+
+
+def test_report_written_with_the_old_onnx_names_reads_the_same():
+    # report.json files written before the deployed_* names (onnx_bytes, ort_accuracy, onnx_path)
+    from autocompress.measure import Measurement
+    from autocompress.report.headline import headline
+    new = sample_report()
+    old = json.loads(json.dumps(new))
+    for m in (old["baseline"], old["final"]):
+        m["onnx_bytes"], m["ort_accuracy"], m["onnx_path"] = (m.pop("deployed_bytes"), m.pop("deployed_accuracy"),
+                                                              m.pop("deployed_path"))
+    assert before_after_table(old) == before_after_table(new)
+    assert headline(old) == headline(new) and "1.73 MB -> 300.00 kB" in headline(old)[0]
+    m = Measurement.from_dict({k: v for k, v in old["final"].items()})
+    assert m.deployed_bytes == 300000 and m.deployed_accuracy == {"test": 0.991}

@@ -67,7 +67,7 @@ def test_compress_meets_budget_and_keeps_best_on_disk(tiny, tmp_path):
         assert (best / f).exists()
     assert res.final.storage_bytes * 8 <= res.baseline.fp32_bytes
     # the deployed model's accuracy (ONNX Runtime, test split) is what the report shows
-    drop = res.baseline.ort_accuracy["test"] - res.final.ort_accuracy["test"]
+    drop = res.baseline.deployed_accuracy["test"] - res.final.deployed_accuracy["test"]
     assert drop < 0.05
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["met"] and doc["final"]["storage_bytes"] == res.final.storage_bytes
@@ -136,4 +136,4 @@ def test_apply_mixed_precision_recipe_reports_per_layer_precision(tiny, tmp_path
     assert all(layers[n]["bits"] in (4, 8, 32) for n in ("1", "3"))
     assert all("mixed precision" in (layers[n]["precision_reason"] or "") for n in ("1", "3"))
     assert (tmp_path / "model.onnx").exists()
-    assert abs(res.final.ort_accuracy["test"] - res.final.accuracy["test"]) <= 0.002
+    assert abs(res.final.deployed_accuracy["test"] - res.final.accuracy["test"]) <= 0.002

@@ -43,3 +43,23 @@ def test_no_import_cycle_between_parts():
     cyclic = sorted(p for p in edges if p in reachable(p))
     pairs = sorted(f"{a} <-> {b}" for a in edges for b in edges[a] if a < b and a in edges.get(b, ()))
     assert not cyclic, f"import cycles through {cyclic}: {pairs}"
+
+
+RUNTIMES = {"onnxruntime": "targets/onnxruntime.py", "executorch": "targets/executorch.py",
+            "torchao": "targets/executorch.py"}
+
+
+def test_runtime_packages_are_imported_only_by_their_target():
+    """A runtime package (lazy imports included) appears in its target module alone; ``export/``
+    builds ONNX graphs with ``onnx``, which is not a runtime."""
+    wrong = []
+    for f in ROOT.rglob("*.py"):
+        rel = f.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in RUNTIMES and rel != RUNTIMES[top]:
+                    wrong.append(f"{rel} imports {name}")
+    assert not wrong, wrong

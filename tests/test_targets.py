@@ -135,8 +135,8 @@ def test_compress_on_executorch_measures_there_and_writes_model_pte(tmp_path):
     # the deployed .pte runs on ExecuTorch at the accuracy reported
     x, y = next(iter(data.loader("test", 500)))
     acc = float((targets.get("executorch").run(pte, x).argmax(-1) == y.numpy()).mean())
-    assert acc == pytest.approx(res.final.ort_accuracy["test"], abs=1e-9)
-    assert np.isfinite(res.final.onnx_bytes) and res.final.onnx_bytes < res.baseline.onnx_bytes
+    assert acc == pytest.approx(res.final.deployed_accuracy["test"], abs=1e-9)
+    assert np.isfinite(res.final.deployed_bytes) and res.final.deployed_bytes < res.baseline.deployed_bytes
     md = (tmp_path / "out" / "report.md").read_text()   # the report names the runtime it measured on
     assert "deployed .pte file" in md and "(ExecuTorch (XNNPACK))" in md
 

@@ -195,13 +195,13 @@ def test_headline_deployed_first_and_warns_when_it_did_not_shrink(tmp_path):
     assert "deployed model.onnx" in render_html(rep, plots={})
 
     # only the storage artifact is small: said in so many words
-    rep["final"]["onnx_bytes"] = rep["baseline"]["onnx_bytes"]
+    rep["final"]["deployed_bytes"] = rep["baseline"]["deployed_bytes"]
     lines = headline(rep)
     assert "same size" in lines[0] and lines[-1].startswith("warning: the deployed file did not shrink")
     assert "storage artifact only" in lines[-1]
 
     # deployed size not recorded: measured from the exported file the report lists
-    rep["final"]["onnx_bytes"] = None
+    rep["final"]["deployed_bytes"] = None
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"x" * 1234)
     rep["artifacts"] = {"onnx": str(onnx)}
@@ -247,8 +247,8 @@ def test_validation_far_above_test_is_flagged():
     overlapping = {"baseline": {"accuracy": {"val": 0.999, "test": 0.94}}}
     assert "overlap the validation split" in split_overlap_warning(overlapping)
     assert split_overlap_warning({"baseline": {"accuracy": {"val": 0.984, "test": 0.979}}}) is None
-    rep = {"baseline": {"accuracy": {"val": 0.999, "test": 0.94}, "fp32_bytes": 1000, "onnx_bytes": 1100},
-           "final": {"onnx_bytes": 300, "accuracy": {"val": 0.998, "test": 0.939}}}
+    rep = {"baseline": {"accuracy": {"val": 0.999, "test": 0.94}, "fp32_bytes": 1000, "deployed_bytes": 1100},
+           "final": {"deployed_bytes": 300, "accuracy": {"val": 0.998, "test": 0.939}}}
     assert headline(rep)[-1].startswith("warning: the original model's validation accuracy 99.90 %")
 
 

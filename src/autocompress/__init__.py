@@ -27,7 +27,7 @@ _LAZY = {
     "cluster_": "autocompress.encode", "ClusterConfig": "autocompress.encode",
     "save_compressed": "autocompress.encode", "load_compressed": "autocompress.encode",
     "distill": "autocompress.distill", "DistillConfig": "autocompress.distill",
-    "export_onnx": "autocompress.export", "check_parity": "autocompress.export",
+    "export_onnx": "autocompress.export", "check_parity": "autocompress.targets.onnxruntime",
     "compress": "autocompress.search", "apply_recipe": "autocompress.search",
     "Budget": "autocompress.search", "Recipe": "autocompress.search", "Result": "autocompress.search",
     "SearchOptions": "autocompress.search", "TrainingOptions": "autocompress.search",

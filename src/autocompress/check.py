@@ -28,6 +28,7 @@ from autocompress.check_noise import (Z99, accuracy_tolerance, is_uncompressed, 
                                       size_tolerance)
 from autocompress.config import Config, ConfigError
 from autocompress.data import Splits
+from autocompress.runtime_results import upgraded
 from autocompress.report.tables import accuracy_of, fmt_bytes, fmt_pct, latency_of, md_table
 from autocompress.search import budget_rules
 from autocompress.search.budget import Budget
@@ -172,7 +173,7 @@ def budget_from(baseline: dict | None, budget: Budget | None) -> Budget:
 
 def _size_of_final(final: dict, storage: bool) -> float | None:
     """The baseline's size of the same kind as the candidate's (artifact vs artifact, ONNX vs ONNX)."""
-    return final.get("storage_bytes" if storage else "onnx_bytes") or None
+    return final.get("storage_bytes" if storage else "deployed_bytes") or None
 
 
 def budget_items(budget: Budget, base: dict, cand: dict, context: dict[str, str] | None = None) -> list[CheckItem]:
@@ -213,26 +214,27 @@ def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None
     if reference_onnx is not None and Path(reference_onnx).suffix != candidate_onnx.suffix:
         raise CheckInputError(f"the reference {reference_onnx} and the candidate {candidate_onnx} are for "
                               f"different runtimes: time them on the same one")
-    ort_accuracy, onnx_bytes = target.accuracy, target.size
-    base_m, final_m = (baseline or {}).get("baseline") or {}, (baseline or {}).get("final") or {}
+    accuracy_on, file_bytes = target.accuracy, target.size
+    # a report written before the deployed_* names is read too
+    base_m, final_m = upgraded((baseline or {}).get("baseline")), upgraded((baseline or {}).get("final"))
     needs_ref = budget.min_speedup is not None
     if needs_ref and reference_onnx is None:
         raise CheckInputError("the budget asks for a speed-up (min_speedup) but there is no fp32 reference "
                               "model to time against: pass --reference-onnx FP32.onnx or --config CONFIG.yaml")
     loader = data.loader("test", 1000, limit=limit)
     n_test = len(loader.dataset)  # type: ignore[arg-type]
-    acc = ort_accuracy(candidate_onnx, loader, threads=budget.threads)
+    acc = accuracy_on(candidate_onnx, loader, threads=budget.threads)
     if reference_onnx is not None:
-        ref_acc, ref_label = ort_accuracy(reference_onnx, loader, threads=budget.threads), "fp32 reference"
+        ref_acc, ref_label = accuracy_on(reference_onnx, loader, threads=budget.threads), "fp32 reference"
     else:
         ref_acc, _ = accuracy_of(base_m)
         ref_label = "baseline report's fp32 model"
     if ref_acc is None:
         raise CheckInputError("no reference accuracy: pass --reference-onnx/--config, or a baseline report "
                               "with baseline.accuracy.test")
-    fp32 = fp32_bytes or base_m.get("fp32_bytes") or (onnx_bytes(reference_onnx) if reference_onnx else None)
+    fp32 = fp32_bytes or base_m.get("fp32_bytes") or (file_bytes(reference_onnx) if reference_onnx else None)
     use_storage = budget.size_of == "storage" and storage_bytes is not None
-    size = storage_bytes if use_storage else onnx_bytes(candidate_onnx)
+    size = storage_bytes if use_storage else file_bytes(candidate_onnx)
     size_kind = "storage artifact" if use_storage else f"{target.suffix[1:].upper()} file"
     if budget.min_size_ratio is not None and fp32 is None:
         raise CheckInputError("the budget asks for a size ratio but the fp32 size is unknown: pass a "
@@ -264,7 +266,7 @@ def run_check(candidate_onnx: str | Path, data: Splits, *, baseline: dict | None
 
     if final_m:
         items += _baseline_items(final_m, base_m, figures, tol, use_storage, budget.latency_batch,
-                                 onnx_bytes(reference_onnx) if reference_onnx else None)
+                                 file_bytes(reference_onnx) if reference_onnx else None)
     res = CheckResult(items, figures, time.perf_counter() - t0)
     log.info("check %s in %.1f s", "passed" if res.passed else "FAILED", res.duration_s)
     return res
@@ -289,8 +291,8 @@ def _baseline_items(final_m: dict, base_m: dict, f: dict, tol: Tolerance, use_st
         items.append(CheckItem("baseline", "size", size <= limit_b, fmt_bytes(size), f"<= {fmt_bytes(limit_b)}",
                                f"{kind} {fmt_bytes(size)} vs the report's {fmt_bytes(b_size)} ({rule})"))
     # an uncompressed file must not pass because the kept report's file of that kind was large too
-    fp32_same_kind = f["fp32_bytes"] if use_storage else (reference_file_bytes or base_m.get("onnx_bytes"))
-    compressed_before = [final_m.get(k) for k in ("storage_bytes", "onnx_bytes")
+    fp32_same_kind = f["fp32_bytes"] if use_storage else (reference_file_bytes or base_m.get("deployed_bytes"))
+    compressed_before = [final_m.get(k) for k in ("storage_bytes", "deployed_bytes")
                          if final_m.get(k) and f["fp32_bytes"] and final_m[k] * 1.5 <= f["fp32_bytes"]]
     if compressed_before and is_uncompressed(size, fp32_same_kind):
         items.append(CheckItem("baseline", "compressed", False, fmt_bytes(size), f"< {fmt_bytes(0.9 * fp32_same_kind)}",

@@ -1,8 +1,7 @@
-"""Runtime-specific code: ONNX export and ONNX Runtime (the deployment runtime)."""
+"""ONNX graphs built from PyTorch models (``onnx`` only): plain export, quantized QDQ export and
+packed weights. Running them is the ONNX Runtime target's (:mod:`autocompress.targets.onnxruntime`)."""
 
-from autocompress.export.onnx import (ExportError, LatencyStats, ParityError, ParityReport,
-                                      check_parity, export_onnx, measure_latency, onnx_bytes,
-                                      ort_accuracy, run, session)
+from autocompress.export.onnx import ExportError, ParityError, export_onnx, onnx_bytes
+from autocompress.runtime_results import LatencyStats, ParityReport
 
-__all__ = ["ExportError", "LatencyStats", "ParityError", "ParityReport", "check_parity",
-           "export_onnx", "measure_latency", "onnx_bytes", "ort_accuracy", "run", "session"]
+__all__ = ["ExportError", "LatencyStats", "ParityError", "ParityReport", "export_onnx", "onnx_bytes"]

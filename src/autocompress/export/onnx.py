@@ -1,7 +1,8 @@
-"""ONNX export, ONNX Runtime sessions, parity checks and interleaved latency measurement.
+"""ONNX export: a PyTorch model written as one self-contained ``.onnx`` file.
 
-This package (``autocompress.export``) is the only place that imports ``onnx`` / ``onnxruntime``:
-everything runtime-specific lives here so the techniques stay framework-side.
+This package (``autocompress.export``) builds ONNX graphs with ``onnx`` only; running them (sessions,
+parity, latency) is the ONNX Runtime target's (:mod:`autocompress.targets.onnxruntime`), the only
+module that imports ``onnxruntime``.
 
 Models take what they take: one tensor, a tuple of tensors, or a dict of keyword tensors (token ids +
 attention mask); integer inputs stay int64. Whatever they return (tensor, tuple, dict, ModelOutput)
@@ -13,22 +14,15 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import statistics
-import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
-from autocompress.export.inputs import (Inputs, as_args, fixed_batch_io, input_names, ort_feed,
-                                        synthetic_feed, with_picked_output)
-from autocompress.outputs import pick_output
-from autocompress.runtime_results import LatencyStats, ParityError, ParityReport  # noqa: F401 - re-exported
+from autocompress.export.inputs import Inputs, as_args, fixed_batch_io, input_names, with_picked_output
+from autocompress.runtime_results import ParityError  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -124,97 +118,3 @@ def _at_batch_two(a):
 def onnx_bytes(path: str | Path) -> int:
     """Size of the deployable file (self-contained, so the file is the whole model)."""
     return Path(path).stat().st_size
-
-
-def optimize_basic(src: str | Path, dst: str | Path) -> Path:
-    """Write ``src`` after ONNX Runtime's semantics-preserving rewrites (level "basic": constant
-    folding, redundant-node removal, transposes pushed through element-wise ops and cancelled,
-    Conv+Add/Mul and MatMul+Add fusions) as a standard-operator ONNX file ``dst``."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(dst)
-    so.log_severity_level = 3
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    return Path(dst)
-
-
-def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def run(sess: ort.InferenceSession, x: Inputs | np.ndarray) -> np.ndarray:
-    """The graph's (first) output for ``x``: a tensor / array, a tuple, or a dict by input name;
-    each input goes in with the dtype the graph declares (int64 token ids stay int64)."""
-    return sess.run(None, ort_feed(sess, x))[0]
-
-
-def ort_accuracy(path: str | Path, loader: Iterable, threads: int = 1) -> float:
-    """Top-1 accuracy of the exported model on ONNX Runtime (the accuracy a deployment gets)."""
-    sess = session(path, threads)
-    correct = total = 0
-    for x, y in loader:
-        out = run(sess, x)
-        correct += int((out.argmax(-1) == y.numpy()).sum())
-        total += len(y)
-    return correct / max(total, 1)
-
-
-def _call(model: nn.Module, x: Inputs):
-    return model(**x) if isinstance(x, dict) else model(*as_args(x))
-
-
-def check_parity(model: nn.Module, path: str | Path, inputs: Inputs, *, atol: float = 1e-3,
-                 min_agreement: float = 1.0) -> ParityReport:
-    """Compare PyTorch and ONNX Runtime outputs on real ``inputs``; raise :class:`ParityError`
-    if the largest absolute difference exceeds ``atol`` or top-1 agreement is below ``min_agreement``."""
-    model.eval()
-    with torch.no_grad():
-        ref = pick_output(_call(model, inputs)).numpy()
-    got = run(session(path), inputs)
-    if got.shape != ref.shape:
-        raise ParityError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")
-    diff = float(np.abs(got - ref).max())
-    agree = float((got.argmax(-1) == ref.argmax(-1)).mean()) if ref.ndim > 1 else 1.0
-    rep = ParityReport(diff, agree, int(ref.shape[0]))
-    if not np.isfinite(diff) or diff > atol or agree < min_agreement:
-        raise ParityError(f"{path}: ONNX Runtime disagrees with PyTorch: max |diff| {diff:.3g} "
-                          f"(tolerance {atol:.3g}), top-1 agreement {agree:.2%} "
-                          f"(required {min_agreement:.2%}) on {rep.samples} inputs")
-    return rep
-
-
-def measure_latency(models: Mapping[str, str | Path], input_shape: tuple[int, ...],
-                    batch_sizes: Iterable[int] = (1, 64), threads: int = 1, warmup: int = 10,
-                    runs: int = 100, min_time_s: float = 0.0) -> dict[str, dict[int, LatencyStats]]:
-    """Median latency of each ONNX model on ONNX Runtime's CPU provider.
-
-    Runs of the models *interleave* (A, B, A, B, ...) in one process, so a burst of load on a shared
-    machine hits all of them alike and their ratio stays trustworthy.
-    ``input_shape`` excludes the batch dimension.
-    """
-    sessions = {k: session(p, threads) for k, p in models.items()}
-    out: dict[str, dict[int, LatencyStats]] = {k: {} for k in models}
-    rng = np.random.default_rng(0)
-    for b in batch_sizes:
-        feeds = {k: synthetic_feed(s, b, input_shape, rng) for k, s in sessions.items()}
-        for k, s in sessions.items():
-            for _ in range(warmup):
-                s.run(None, feeds[k])
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        t_start = time.perf_counter()
-        i = 0
-        while i < runs or time.perf_counter() - t_start < min_time_s:
-            for k, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, feeds[k])
-                times[k].append((time.perf_counter() - t0) * 1e3)
-            i += 1
-        for k, ts in times.items():
-            ts.sort()
-            out[k][b] = LatencyStats(statistics.median(ts), ts[int(0.9 * (len(ts) - 1))], len(ts))
-    return out

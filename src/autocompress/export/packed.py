@@ -141,7 +141,9 @@ class _Builder:
                 return name
 
     def const(self, arr: np.ndarray) -> str:
-        arr = np.ascontiguousarray(arr)
+        # asarray, not ascontiguousarray (which makes scalars 1-D): CumSum's axis must be 0-D
+        # by the spec; ONNX Runtime accepts 1-D, onnx's reference evaluator does not
+        arr = np.asarray(arr, order="C")
         key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 16 else None
         if key is not None and key in self.shared:
             return self.shared[key]
@@ -311,10 +313,10 @@ def pack_onnx(src: str | Path, dst: str | Path | None = None, *, min_elements: i
 
 
 def unpack_model(model: onnx.ModelProto) -> list[str]:
-    """Undo :func:`pack_model` in place: the decoders run once (on ONNX Runtime) and their outputs
+    """Undo :func:`pack_model` in place: the decoders run once (onnx's reference evaluator) and their outputs
     become plain initializers again, for tools that read weights from initializers (converters,
     viewers). Returns the names restored (empty: nothing was packed)."""
-    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
 
     names = [r["name"] for r in next((json.loads(p.value) for p in model.metadata_props if p.key == _META), [])]
     if not names:
@@ -331,9 +333,8 @@ def unpack_model(model: onnx.ModelProto) -> list[str]:
     sub = helper.make_graph([n for n in g.node if id(n) in drop], "decode", [], [onnx.ValueInfoProto(name=x) for x in names],
                             list(g.initializer))
     dec = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    values = ort.InferenceSession(dec.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(names, {})
+    # onnx's own evaluator (no runtime needed): the decoders are a few stock integer operators
+    values = ReferenceEvaluator(dec).run(names, {})
     rest = [n for n in g.node if id(n) not in drop]
     del g.node[:]
     g.node.extend(rest)

@@ -13,7 +13,8 @@ transposed) and rewritten with *our* calibrated scales:
   optionally a 4-bit zero point per block) followed by the bias ``Add``;
 - ``fp16``: float16 initializers + ``Cast`` to float32.
 
-The result is verified against the PyTorch simulation before it is returned.
+The graph is built here with ``onnx`` only; the ONNX Runtime target's ``export_quantized``
+(:mod:`autocompress.targets.onnxruntime`) verifies it against the PyTorch simulation before it is returned.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from autocompress.export.onnx import ExportError, ParityError, export_onnx, run, session
+from autocompress.export.onnx import ExportError, export_onnx
 from autocompress.export.qdq_graph import (MS, Graph, act_qdq, bias_input, check_node, dq_const, find_weight,
                                           rename_output, to_np)
-from autocompress.outputs import call_model, pick_output
 from autocompress.quantize.fake_quant import QuantWrapper
 from autocompress.quantize.ptq import float_view, quant_report, wrappers_of
 
@@ -188,12 +188,11 @@ _REWRITES = {"static": _static, "dynamic": _dynamic, "weight_only": _weight_only
 
 
 def export_quantized(model: torch.nn.Module, example: torch.Tensor, path: str | Path, *,
-                     exporter: str = "auto", verify: bool = True, opset: int = 18,
-                     weight_storage: str | None = None, verify_inputs: torch.Tensor | None = None) -> Path:
-    """Write the deployable single-file ONNX model for a model returned by ``quantize_``/``qat_``.
+                     exporter: str = "auto", opset: int = 18, weight_storage: str | None = None) -> Path:
+    """Write the deployable single-file ONNX model for a model returned by ``quantize_``/``qat_``
+    (not yet checked on a runtime: :func:`autocompress.targets.onnxruntime.export_quantized` is
+    this plus the parity check against the PyTorch simulation).
 
-    With ``verify`` the ONNX Runtime output on ``verify_inputs`` (default ``example``) is compared with the PyTorch simulation
-    (:class:`ParityError` if top-1 disagrees or outputs drift beyond a few quantization steps).
     The per-layer report (mode, bits, storage, reason) is embedded as metadata
     ``autocompress.quantization``. ``weight_storage`` ("int8" | "packed") overrides the config's
     choice for sub-8-bit Linear weights ("packed": 2/4-bit codes in ``MatMulNBits``).
@@ -225,28 +224,7 @@ def export_quantized(model: torch.nn.Module, example: torch.Tensor, path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(out, str(path))
     onnx.checker.check_model(str(path))
-    if verify:
-        verify_parity(model, path, example if verify_inputs is None else verify_inputs)
     return path
-
-
-def verify_parity(model: torch.nn.Module, path: str | Path, inputs: torch.Tensor) -> dict[str, float]:
-    """Simulation vs runtime on ``inputs``: a wrong mapping shows up as large, widespread drift;
-    rare one-step rounding differences (integer vs float accumulation) are tolerated."""
-    with torch.no_grad():
-        ref = pick_output(call_model(model, inputs)).numpy()     # tensor, tuple or ModelOutput: its logits
-    got = run(session(path), inputs)
-    if got.shape != ref.shape:
-        raise ParityError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")
-    diff = np.abs(got - ref)
-    span = float(np.abs(ref).max()) + 1e-6
-    rel = float(diff.max()) / span
-    agree = float((got.argmax(-1) == ref.argmax(-1)).mean()) if ref.ndim > 1 else 1.0
-    if not np.isfinite(rel) or rel > 0.05 or (ref.shape[0] >= 20 and agree < 0.95):
-        raise ParityError(f"{path}: ONNX Runtime disagrees with the quantized PyTorch model: "
-                          f"max |diff| {diff.max():.3g} ({rel:.1%} of the output range), top-1 agreement "
-                          f"{agree:.1%} on {ref.shape[0]} inputs")
-    return {"max_abs_diff": float(diff.max()), "relative": rel, "top1_agreement": agree}
 
 
 def quantization_metadata(path: str | Path) -> dict[str, Any]:
@@ -256,33 +234,3 @@ def quantization_metadata(path: str | Path) -> dict[str, Any]:
         if p.key == "autocompress.quantization":
             return json.loads(p.value)
     return {}
-
-
-# -- ONNX Runtime's own quantizers (the peers benchmarks compare against) -------------------------
-
-def ort_quantize_static(src: str | Path, dst: str | Path, calibration: torch.Tensor | np.ndarray,
-                        batch_size: int = 64, **kwargs: Any) -> Path:
-    """``onnxruntime.quantization.quantize_static`` with its defaults (QDQ, MinMax, per-tensor int8),
-    calibrated on the same samples we use; ``kwargs`` override its options."""
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-    x = calibration.numpy() if isinstance(calibration, torch.Tensor) else np.asarray(calibration)
-    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{name: x[i:i + batch_size].astype(np.float32)} for i in range(0, len(x), batch_size)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(src), str(dst), _Reader(), **kwargs)
-    return Path(dst)
-
-
-def ort_quantize_dynamic(src: str | Path, dst: str | Path, **kwargs: Any) -> Path:
-    """``onnxruntime.quantization.quantize_dynamic`` with its defaults."""
-    from onnxruntime.quantization import quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), **kwargs)
-    return Path(dst)

@@ -114,7 +114,7 @@ def from_onnx(path: str | Path, *, atol: float = 1e-4, shapes: Mapping[str, Sequ
 
 def parity(model: OnnxModel, path: str | Path, feeds: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Largest absolute difference per output between ``model`` and ONNX Runtime on ``feeds``."""
-    from autocompress.export import session
+    from autocompress.targets.onnxruntime import session
 
     ref = session(path).run(None, dict(feeds))
     with torch.no_grad():
@@ -189,7 +189,7 @@ def _ort_basic(proto, path: Path):
 
     import onnx
 
-    from autocompress.export.onnx import optimize_basic
+    from autocompress.targets.onnxruntime import optimize_basic
 
     with tempfile.TemporaryDirectory(prefix="autocompress-onnx-") as d:
         try:

@@ -1,7 +1,7 @@
-"""Measurement used by every feature: accuracy, counts, sizes, MACs, ONNX Runtime latency."""
+"""Measurement used by every feature: accuracy, counts, sizes, MACs, deployed-file latency."""
 
 from autocompress.measure.core import (Measurement, compare, count_macs, count_nonzero,
-                                       count_params, fp32_bytes, measure, zipped_bytes)
+                                       count_params, fp32_bytes, measure, upgraded, zipped_bytes)
 
 __all__ = ["Measurement", "compare", "count_macs", "count_nonzero", "count_params", "fp32_bytes",
-           "measure", "zipped_bytes"]
+           "measure", "upgraded", "zipped_bytes"]

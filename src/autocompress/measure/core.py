@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from autocompress.data import Splits
 from autocompress import targets
+from autocompress.runtime_results import upgraded
 
 
 def count_params(model: nn.Module) -> int:
@@ -72,14 +73,13 @@ class Measurement:
     nonzero: int
     macs: int
     fp32_bytes: int
-    # the deployed file on ``runtime`` (kept under the onnx_* names the reports read; a .pte for
-    # ExecuTorch)
-    onnx_bytes: int | None = None
+    # the deployed file on ``runtime`` (a .onnx for ONNX Runtime, a .pte for ExecuTorch)
+    deployed_bytes: int | None = None
     storage_bytes: int | None = None   # compressed artifact, when there is one
     accuracy: dict[str, float] = field(default_factory=dict)      # split -> accuracy (PyTorch)
-    ort_accuracy: dict[str, float] = field(default_factory=dict)  # split -> accuracy (ONNX Runtime)
+    deployed_accuracy: dict[str, float] = field(default_factory=dict)  # split -> accuracy (on ``runtime``)
     latency_ms: dict[int, float] = field(default_factory=dict)
-    onnx_path: str | None = None
+    deployed_path: str | None = None
     runtime: str = "onnxruntime"
     runtime_label: str | None = None   # how reports name the runtime (the target's label)
     zipped_bytes: int | None = None    # the deployed file DEFLATE-zipped (what an app ships)
@@ -91,20 +91,16 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Measurement":
-        d = dict(d)
+        d = upgraded(d)
         d["latency_ms"] = {int(k): float(v) for k, v in d.get("latency_ms", {}).items()}
         return cls(**d)
 
-    @property
-    def deployed_bytes(self) -> int:
-        return self.storage_bytes or self.onnx_bytes or self.fp32_bytes
-
 
 def measure(model: nn.Module, data: Splits, name: str = "model", *, splits: tuple[str, ...] = ("test",),
-            onnx_path: str | Path | None = None, export: bool = True, limit: int | None = None,
+            deployed_path: str | Path | None = None, export: bool = True, limit: int | None = None,
             runtime: str = "onnxruntime") -> Measurement:
     """Static measurements plus accuracy on ``splits``; exports through the ``runtime`` target (or
-    uses ``onnx_path``, the deployed file) and measures the deployed model's accuracy on that
+    uses ``deployed_path``, the deployed file) and measures the deployed model's accuracy on that
     runtime. Latency is measured by :func:`compare`."""
     from autocompress.train import evaluate
 
@@ -115,15 +111,15 @@ def measure(model: nn.Module, data: Splits, name: str = "model", *, splits: tupl
     m.runtime_label = target.label
     for s in splits:
         m.accuracy[s] = evaluate(model, data.loader(s, 1000, limit=limit))
-    if onnx_path is None and export:
-        onnx_path = Path(tempfile.mkdtemp(prefix="autocompress-")) / f"{name}{target.suffix}"
-        target.export(model, example, onnx_path)
-    if onnx_path is not None:
-        m.onnx_path = str(onnx_path)
-        m.onnx_bytes = target.size(onnx_path)
-        m.zipped_bytes = zipped_bytes(onnx_path)
+    if deployed_path is None and export:
+        deployed_path = Path(tempfile.mkdtemp(prefix="autocompress-")) / f"{name}{target.suffix}"
+        target.export(model, example, deployed_path)
+    if deployed_path is not None:
+        m.deployed_path = str(deployed_path)
+        m.deployed_bytes = target.size(deployed_path)
+        m.zipped_bytes = zipped_bytes(deployed_path)
         for s in splits:
-            m.ort_accuracy[s] = target.accuracy(onnx_path, data.loader(s, 1000, limit=limit))
+            m.deployed_accuracy[s] = target.accuracy(deployed_path, data.loader(s, 1000, limit=limit))
     return m
 
 
@@ -132,8 +128,8 @@ def compare(measurements: Mapping[str, Measurement], input_shape: tuple[int, ...
             warmup: int = 10) -> None:
     """Fill ``latency_ms`` of each measurement, running their deployed files interleaved on their
     runtime (all of them must share one: latency across runtimes is not compared here)."""
-    paths = {k: m.onnx_path for k, m in measurements.items() if m.onnx_path}
-    runtimes = {m.runtime for k, m in measurements.items() if m.onnx_path}
+    paths = {k: m.deployed_path for k, m in measurements.items() if m.deployed_path}
+    runtimes = {m.runtime for k, m in measurements.items() if m.deployed_path}
     if len(runtimes) > 1:
         raise ValueError(f"compare: measurements on different runtimes {sorted(runtimes)}; time each apart")
     target = targets.require(runtimes.pop() if runtimes else "onnxruntime")

@@ -1,7 +1,7 @@
 """Quantization: calibrated static int8, dynamic int8, int4 weight-only, fp16, QAT down to 2 bits,
 and automatic mixed precision (its latency guard, which runs ONNX Runtime, is
-:mod:`autocompress.export.guard`). Every result exports to ONNX Runtime through
-:func:`autocompress.export.qdq.export_quantized` and the PyTorch model simulates what it computes.
+:mod:`autocompress.targets.ort_guard`). Every result exports to ONNX Runtime through
+:func:`autocompress.targets.onnxruntime.export_quantized` (parity-checked) and the PyTorch model simulates what it computes.
 
 ``torch.ao.quantization`` is not used (deprecated upstream)."""
 

@@ -7,7 +7,7 @@ holds. A step that makes accuracy worse is not kept: the levels above it are tri
 worse the layer is backed off to where it was. The result names every layer's precision, the reason
 and the full history of steps.
 
-The latency guard, which measures on ONNX Runtime, lives in :mod:`autocompress.export.guard`.
+The latency guard, which measures on ONNX Runtime, lives in :mod:`autocompress.targets.ort_guard`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     model = quantize_(model, PTQConfig(calibration="percentile"), calib_x)   # fake-quant wrappers
     print(quant_report(model))                                               # what runs how, and why
-    export_quantized(model, example, "model.int8.onnx")                      # autocompress.export.qdq
+    export_quantized(model, example, "model.int8.onnx")          # autocompress.targets.onnxruntime
 
 The returned model simulates in PyTorch what ONNX Runtime computes from the exported QDQ graph.
 A config type maps to its transform through :data:`_TRANSFORMS` (no if/elif over names).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from autocompress.runtime_results import upgraded
 from autocompress.report.tables import (_num, _ratio_faster, _ratio_smaller, accuracy_of, fmt_bytes, fmt_pct,
                                         latency_of)
 
@@ -19,7 +20,7 @@ SHRUNK = 0.95     # the deployed file counts as smaller only below 95 % of the f
 
 def _deployed_bytes(report: dict, m: dict) -> float | None:
     """Recorded size of the deployed file, else the size of the exported file the report lists."""
-    n = _num(m.get("onnx_bytes"))
+    n = _num(upgraded(m).get("deployed_bytes"))
     if n is not None:
         return n
     for path in (report.get("artifacts") or {}).values():

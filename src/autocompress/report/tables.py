@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from autocompress.runtime_results import upgraded
+
 DASH = "—"
 
 
@@ -39,8 +41,8 @@ _FILES = {".onnx": "ONNX file", ".pte": ".pte file"}
 
 def runtime_of(m: dict | None) -> tuple[str, str]:
     """(runtime label, deployed file label) of a measurement dict."""
-    m = m or {}
-    suffix = "." + str(m.get("onnx_path") or "model.onnx").rpartition(".")[2]
+    m = upgraded(m)
+    suffix = "." + str(m.get("deployed_path") or "model.onnx").rpartition(".")[2]
     label = m.get("runtime_label") or ("ONNX Runtime" if (m.get("runtime") or "onnxruntime") == "onnxruntime"
                                        else m["runtime"])
     return label, _FILES.get(suffix, f"{suffix} file")
@@ -48,8 +50,8 @@ def runtime_of(m: dict | None) -> tuple[str, str]:
 
 def accuracy_of(m: dict | None, split: str = "test") -> tuple[float | None, str]:
     """Deployed accuracy (on its runtime) when measured, else PyTorch's; and which one it is."""
-    m = m or {}
-    for key, label in (("ort_accuracy", runtime_of(m)[0]), ("accuracy", "PyTorch")):
+    m = upgraded(m)
+    for key, label in (("deployed_accuracy", runtime_of(m)[0]), ("accuracy", "PyTorch")):
         v = _num((m.get(key) or {}).get(split))
         if v is not None:
             return v, label
@@ -90,15 +92,15 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def before_after_rows(report: dict) -> list[list[str]]:
     """Rows of (what, before, after, change): sizes, latency at batch 1 and 64, test accuracy."""
-    b, f = report.get("baseline") or {}, report.get("final") or {}
+    b, f = upgraded(report.get("baseline")), upgraded(report.get("final"))
     rows = []
     # the deployed file first: it is what a user ships; the storage artifact needs autocompress to decode
-    bo, fo = _num(b.get("onnx_bytes")), _num(f.get("onnx_bytes"))
+    bo, fo = _num(b.get("deployed_bytes")), _num(f.get("deployed_bytes"))
     if bo is not None or fo is not None:
         rows.append([f"size (deployed {runtime_of(f or b)[1]})", fmt_bytes(bo), fmt_bytes(fo), _ratio_smaller(bo, fo)])
     before_size = _num(b.get("fp32_bytes"))
     storage = _num(f.get("storage_bytes"))
-    if storage is not None or not f.get("onnx_bytes"):
+    if storage is not None or not f.get("deployed_bytes"):
         rows.append(["size (storage artifact vs fp32 parameters)", fmt_bytes(before_size),
                      fmt_bytes(storage), _ratio_smaller(before_size, storage)])
     for batch in (1, 64):

@@ -24,7 +24,7 @@ def trial_records(study) -> list[TrialRecord]:
         out.append(TrialRecord(
             number=t.number, state=state, recipe=a.get("recipe", {}),
             val_accuracy=a.get("val_accuracy"), size_bytes=a.get("size_bytes"),
-            onnx_bytes=a.get("onnx_bytes"), storage_bytes=a.get("storage_bytes"),
+            deployed_bytes=a.get("deployed_bytes", a.get("onnx_bytes")), storage_bytes=a.get("storage_bytes"),
             latency_ms=a.get("latency_ms"), base_latency_ms=a.get("base_latency_ms"),
             feasible=state == "complete" and not a.get("violations", ["?"]),
             duration_s=float(a.get("duration_s") or (t.duration.total_seconds() if t.duration else 0.0)),
@@ -142,7 +142,7 @@ def build_result(study, shared, title: str, elapsed: float) -> Result:
     records = trial_records(study)
     best_meta_path = shared.out_dir / "best" / "best.json"
     base_m = shared.base_measurement or measure(shared.model, shared.data, "baseline", splits=("val", "test"),
-                                                onnx_path=shared.base_onnx, runtime=target.name)
+                                                deployed_path=shared.base_onnx, runtime=target.name)
     fails = failure_summary(records)
     sens = shared.ctx.sensitivity
     if not best_meta_path.exists():
@@ -156,7 +156,7 @@ def build_result(study, shared, title: str, elapsed: float) -> Result:
     model = rebuild_best(shared, recipe, meta["trial"])
     deployed = best_dir / target.filename
     final = measure(model, shared.data, "compressed", splits=("val", "test"),
-                    onnx_path=deployed, runtime=target.name)
+                    deployed_path=deployed, runtime=target.name)
     final.storage_bytes = (best_dir / "model.acz").stat().st_size if (best_dir / "model.acz").exists() else None
     base_m.storage_bytes = None
     compare({"baseline": base_m, "compressed": final}, tuple(shared.data.input_shape),

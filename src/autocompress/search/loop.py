@@ -54,6 +54,14 @@ def _val_evaluator(data: Splits, evaluate: Callable | None, limit: int | None) -
     return lambda m: float(evaluate(m, loader))
 
 
+def _deployed_evaluator(target, data: Splits, evaluate: Callable | None, limit: int | None):
+    """Top-1 on the validation split of a deployed file, run on ``target`` (None for a custom metric)."""
+    if evaluate is not None:
+        return None
+    loader = data.loader("val", 1000, limit=limit)
+    return lambda path: target.accuracy(path, loader)
+
+
 def _storage_url(out_dir: Path, storage: str | None) -> str:
     if not storage:
         return f"sqlite:///{(out_dir / 'study.db').resolve()}"
@@ -198,7 +206,7 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     # the final step measures the baseline and the winner on val + test (PyTorch and the runtime):
     # measuring the baseline now costs nothing extra and tells how much time the end must keep
     t0 = time.monotonic()
-    base_m = measure(model, data, "baseline", splits=("val", "test"), onnx_path=base_onnx, runtime=target.name)
+    base_m = measure(model, data, "baseline", splits=("val", "test"), deployed_path=base_onnx, runtime=target.name)
     t_measure = time.monotonic() - t0
     deadline.t_measure_base = t_measure
     deadline.reserve(final_reserve_s(t_measure, base_onnx, data, budget, quick))
@@ -210,7 +218,7 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     # the same figure when our evaluation runs on the whole validation split: do not pay twice
     base_acc = base_m.accuracy["val"] if evaluate is None and limit is None else val(model)
     base = {"accuracy": base_acc, "fp32_bytes": 4 * sum(p.numel() for p in model.parameters()),
-            "onnx_bytes": target.size(base_onnx)}
+            "deployed_bytes": target.size(base_onnx)}
     log.info("baseline: val accuracy %.2f %%, %d fp32 bytes", 100 * base_acc, base["fp32_bytes"])
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
@@ -219,7 +227,8 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     ctx = TrialContext(data=data, teacher=teacher, example=example, evaluate=val, finetune=finetune,
                        seed=seed, quick=quick, work_dir=out / "work", budget=budget,
                        model_factory=model_factory or _copier(model), deadline=deadline,
-                       rung_evaluate=_val_evaluator(data, evaluate, SUBSET))
+                       rung_evaluate=_val_evaluator(data, evaluate, SUBSET),
+                       deployed_evaluate=_deployed_evaluator(target, data, evaluate, limit))
     # only the techniques this budget will search are worth measuring
     ctx.sensitivity = _sensitivity(model, ctx, space_mod.useful(budget, techniques), out / "sensitivity.json")
     shared = _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)

@@ -26,7 +26,7 @@ class TrialRecord:
     recipe: dict
     val_accuracy: float | None = None
     size_bytes: int | None = None   # what the budget counts (storage artifact or ONNX file)
-    onnx_bytes: int | None = None
+    deployed_bytes: int | None = None   # the deployed file (.onnx, .pte)
     storage_bytes: int | None = None
     latency_ms: float | None = None       # candidate, at budget.latency_batch
     base_latency_ms: float | None = None  # fp32 baseline, measured interleaved in the same trial

@@ -44,6 +44,9 @@ class TrialContext:
     deadline: Deadline = field(default_factory=lambda: Deadline(None))
     device: str = "cpu"        # where our fine-tunes run (compress(device="auto") picks CUDA when there is one)
     rung_evaluate: Callable[[nn.Module], float] | None = None   # the same metric on a small fixed val subset
+    # the validation accuracy of a deployed file on the budget's runtime (None: the user's own metric,
+    # which only PyTorch can compute); used where the runtime re-quantizes (its file is not our simulation)
+    deployed_evaluate: Callable[[Path], float] | None = None
     rungs: object | None = None   # the running trial's rungs.RungWatch (None: no early stop)
 
     def __post_init__(self) -> None:
@@ -153,8 +156,11 @@ def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path, s
             target.export(_storable(model), ctx.example, path, quantized=True,
                           calibration=ctx.data.calibration_batch(512, seed=ctx.seed),
                           input_ranges=_input_ranges(model))
-            # its own activation ranges, not our simulation's: outputs differ more, in scale
-            target.parity(model, path, inputs, atol=0.5, rtol=0.1, min_agreement=0.98)
+            # its own activation ranges, not our simulation's: outputs differ more, in scale (XNNPACK
+            # int8 of LeNet-5: per-sample logit error 0.8 % median, 4.8 % at the 99th percentile, one
+            # sample in 256 at 14 % of the batch's largest logit, top-1 all agreeing); top-1 is the
+            # gate, and the search scores such a file by its own accuracy (trial._deployed_accuracy)
+            target.parity(model, path, inputs, atol=0.5, rtol=0.2, min_agreement=0.98)
         else:                    # it writes our own quantizers (their calibrated ranges)
             target.export(model, ctx.example, path, quantized=True)
             target.parity(model, path, inputs, atol=0.5, min_agreement=0.98)

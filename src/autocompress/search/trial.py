@@ -89,6 +89,7 @@ def _trial(trial, shared):
     try:
         # a speed budget decides nothing on the storage artifact: only a new best writes one
         art = deploy(model, recipe, shared.ctx, tdir, store=shared.budget.needs_storage())
+        acc = _deployed_accuracy(shared, recipe, art["deployed"], acc, trial)
         size = art["storage_bytes"] if "storage" in art else art["deployed_bytes"]
         lat = base_lat = None
         if shared.budget.needs_latency():
@@ -100,7 +101,7 @@ def _trial(trial, shared):
         base = dict(shared.base, latency_ms=base_lat)
         viol = shared.budget.violations(base, cand)
         trial.set_user_attr("size_bytes", int(size))
-        trial.set_user_attr("onnx_bytes", int(art["deployed_bytes"]))   # the deployed file, any runtime
+        trial.set_user_attr("deployed_bytes", int(art["deployed_bytes"]))   # the deployed file, any runtime
         trial.set_user_attr("storage_bytes", int(art["storage_bytes"]) if "storage" in art else None)
         trial.set_user_attr("latency_ms", lat)
         trial.set_user_attr("base_latency_ms", base_lat)
@@ -118,6 +119,20 @@ def _trial(trial, shared):
         shutil.rmtree(tdir, ignore_errors=True)   # the best trial's files were copied to best/
     lat_ratio = (lat / base_lat) if (lat and base_lat) else 1.0
     return acc, float(size), float(lat_ratio)
+
+
+def _deployed_accuracy(shared, recipe, path, acc: float, trial) -> float:
+    """The accuracy that decides: where the runtime quantizes the model itself (ExecuTorch's
+    XNNPACKQuantizer), its file is not our simulation, so the validation accuracy is measured on
+    the deployed file (the PyTorch figure is kept as ``val_accuracy_pytorch``)."""
+    from autocompress import targets
+    ev = shared.ctx.deployed_evaluate
+    if ev is None or recipe.quant == "none" or not targets.get(shared.budget.runtime).requantizes:
+        return acc
+    deployed = float(ev(path))
+    trial.set_user_attr("val_accuracy_pytorch", acc)
+    trial.set_user_attr("val_accuracy", deployed)
+    return deployed
 
 
 def _rung_watch(trial, shared, recipe):

@@ -3,7 +3,8 @@
 ``latency_guard_`` exports the quantized model and fp32, measures both interleaved on ONNX Runtime
 and, when quantized is slower, returns layers to fp32 one at a time (keeping only changes that
 measure faster), down to the whole model: a latency goal never ships a slower configuration.
-It lives here, not in ``quantize/``, because it runs the runtime: the techniques stay runtime-free.
+It lives beside the ONNX Runtime target, not in ``quantize/``, because it runs the runtime: the
+techniques stay runtime-free.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autocompress.export.onnx import export_onnx, measure_latency
-from autocompress.export.qdq import export_quantized
+from autocompress.export.onnx import export_onnx
+from autocompress.targets.onnxruntime import export_quantized, measure_latency
 from autocompress.quantize.ptq import float_view, wrappers_of
 
 
