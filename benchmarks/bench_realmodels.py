@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from thirdparty import import_thirdparty  # noqa: E402
 
 from autocompress.data import Splits, arrays_to_dataset, from_datasets, load_mnist  # noqa: E402
-from autocompress.export import measure_latency  # noqa: E402
+from autocompress.targets.onnxruntime import measure_latency  # noqa: E402
 from autocompress.search import Budget, ResultOptions, TrainingOptions, compress  # noqa: E402
 from autocompress.train import TrainConfig, evaluate, fit, reestimate_bn  # noqa: E402
 
