@@ -9,8 +9,8 @@ ONNX Runtime's fp32 .onnx.
 Per model: file bytes, zipped bytes (what an app package ships), median latency at batch 1 and 64
 (1 thread; the files of one runtime interleaved in one process), top-1 test accuracy *on that
 runtime*. int8 .pte: torchao's PT2E flow with ExecuTorch's XNNPACKQuantizer (per-channel symmetric
-weights), calibrated on 512 training images. Everything goes through ``autocompress.targets``;
-``rows()`` is what ``bench_deploy.py`` can reuse for its ExecuTorch columns.
+weights), calibrated on 512 training images. Everything goes through ``autocompress.targets``.
+``bench_deploy.py --executorch`` has the same peers beside the compressed .pte of each budget.
 """
 
 from __future__ import annotations

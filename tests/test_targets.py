@@ -129,6 +129,8 @@ def test_compress_on_executorch_measures_there_and_writes_model_pte(tmp_path):
     assert res.trials[0].latency_ms and res.trials[0].base_latency_ms   # timed on ExecuTorch
     assert (tmp_path / "run" / "best" / "model.pte").exists() and not (tmp_path / "run" / "best" / "model.onnx").exists()
     assert res.final.runtime == "executorch" and res.final.latency_ms
+    # ExecuTorch re-quantizes the model itself: the accuracy that decided is the .pte's own on val
+    assert res.trials[0].val_accuracy == pytest.approx(res.final.deployed_accuracy["val"], abs=1e-9)
     paths = res.export(tmp_path / "out")
     pte = tmp_path / "out" / "model.pte"
     assert pte.exists() and paths["pte"] == pte
