@@ -121,17 +121,17 @@ def run_one(name: str, limit_s: float, quick: bool, out: Path) -> list[str]:
     ok = sum(t.state == "complete" for t in res.trials)
     failed = sum(t.state == "failed" for t in res.trials)
     base, fin = res.baseline, res.final
-    acc0 = base.ort_accuracy.get("test", float("nan"))
+    acc0 = base.deployed_accuracy.get("test", float("nan"))
     if fin is None:
         return [name, f"{limit_s:.0f} s", f"{wall:.0f} / {limit_s:.0f}", f"{ok} / {failed}",
-                f"{100 * acc0:.2f} % -> -", f"{base.onnx_bytes} -> -", "-", f"{t_train:.0f}",
+                f"{100 * acc0:.2f} % -> -", f"{base.deployed_bytes} -> -", "-", f"{t_train:.0f}",
                 f"{100 * pre:.2f} %"]
     lat = measure_latency({"base": base.onnx_path, "final": fin.onnx_path}, tuple(data.input_shape), (8,),
                           runs=20 if quick else 100, warmup=3 if quick else 10)
     ratio = lat["final"][8].median_ms / lat["base"][8].median_ms
-    acc1 = fin.ort_accuracy["test"]
+    acc1 = fin.deployed_accuracy["test"]
     return [name, f"{limit_s:.0f} s", f"{wall:.0f} / {limit_s:.0f}", f"{ok} / {failed}",
-            f"{100 * acc0:.2f} % -> {100 * acc1:.2f} %", f"{base.onnx_bytes:,} -> {fin.onnx_bytes:,}",
+            f"{100 * acc0:.2f} % -> {100 * acc1:.2f} %", f"{base.deployed_bytes:,} -> {fin.deployed_bytes:,}",
             f"{ratio:.2f}x", f"{t_train:.0f}", res.recipe.describe() if res.recipe else "-"]
 
 

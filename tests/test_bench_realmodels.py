@@ -15,5 +15,5 @@ def test_bench_realmodels_quick_bert(capsys, tmp_path):
     assert ok >= 1 and failed == 0, row
     assert "->" in cells[5] and cells[6].endswith("x"), row        # deployed bytes, ORT ratio measured
     report = json.loads((tmp_path / "bert_tiny" / "report.json").read_text())
-    assert report["final"]["ort_accuracy"]["test"] is not None
+    assert report["final"]["deployed_accuracy"]["test"] is not None
     assert (tmp_path / "bert_tiny" / "model.onnx").exists()
