@@ -126,7 +126,7 @@ def run_one(name: str, limit_s: float, quick: bool, out: Path) -> list[str]:
         return [name, f"{limit_s:.0f} s", f"{wall:.0f} / {limit_s:.0f}", f"{ok} / {failed}",
                 f"{100 * acc0:.2f} % -> -", f"{base.deployed_bytes} -> -", "-", f"{t_train:.0f}",
                 f"{100 * pre:.2f} %"]
-    lat = measure_latency({"base": base.onnx_path, "final": fin.onnx_path}, tuple(data.input_shape), (8,),
+    lat = measure_latency({"base": base.deployed_path, "final": fin.deployed_path}, tuple(data.input_shape), (8,),
                           runs=20 if quick else 100, warmup=3 if quick else 10)
     ratio = lat["final"][8].median_ms / lat["base"][8].median_ms
     acc1 = fin.deployed_accuracy["test"]

@@ -73,6 +73,10 @@ def _static(G: Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: s
         bnode, bi = where
         bs = w.bias_scale().detach()
         bs = bs.expand(bias.shape[0]) if bs.numel() == 1 else bs
+        # a channel whose weights are all zero (pruned) has weight scale 0, so bias scale 0: its
+        # bias still counts, so it gets a scale of its own (0/0 would cast NaN to a garbage int32)
+        b = bias.detach()
+        bs = torch.where(bs > 0, bs, b.abs().clamp_min(1e-12) / 2 ** 30)
         bq = torch.clamp(torch.round(bias.detach() / bs), -2 ** 31, 2 ** 31 - 1)
         dqb, bout = dq_const(G, f"{name}.bias", to_np(bq).astype(np.int32), to_np(bs), 0)
         G.before[id(bnode)].append(dqb)
