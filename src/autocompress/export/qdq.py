@@ -73,11 +73,13 @@ def _static(G: Graph, name: str, w: QuantWrapper, node: onnx.NodeProto, wname: s
         bnode, bi = where
         bs = w.bias_scale().detach()
         bs = bs.expand(bias.shape[0]) if bs.numel() == 1 else bs
-        # a channel whose weights are all zero (pruned) has weight scale 0, so bias scale 0: its
-        # bias still counts, so it gets a scale of its own (0/0 would cast NaN to a garbage int32)
+        # a channel whose weights are (nearly) all zero, as pruning leaves them, has a weight scale
+        # of 0 or close to it, so its bias would need more than 32 bits (0/0 is NaN; a clamp at
+        # 2**31 - 1, which float32 rounds up to 2**31, casts to garbage): its bias still counts,
+        # so that channel's bias scale grows to hold it in 31 bits
         b = bias.detach()
-        bs = torch.where(bs > 0, bs, b.abs().clamp_min(1e-12) / 2 ** 30)
-        bq = torch.clamp(torch.round(bias.detach() / bs), -2 ** 31, 2 ** 31 - 1)
+        bs = torch.maximum(bs, b.abs().clamp_min(1e-12) / 2 ** 30)
+        bq = torch.clamp(torch.round(b / bs), -2 ** 30, 2 ** 30)
         dqb, bout = dq_const(G, f"{name}.bias", to_np(bq).astype(np.int32), to_np(bs), 0)
         G.before[id(bnode)].append(dqb)
         bnode.input[bi] = bout
