@@ -41,7 +41,8 @@ from autocompress import targets  # noqa: E402
 from autocompress.baselines import load_baseline  # noqa: E402
 from autocompress.data import Splits, load_mnist  # noqa: E402
 from autocompress.measure.timing import interleaved_speedup  # noqa: E402
-from autocompress.search import Budget, compress  # noqa: E402
+from autocompress.report.tables import md_table  # noqa: E402
+from autocompress.search import Budget, ResultOptions, TrainingOptions, compress  # noqa: E402
 from autocompress.train import TrainConfig, fit, reestimate_bn  # noqa: E402
 
 MAX_DROP = 0.3      # points
@@ -153,7 +154,8 @@ def run_model(name: str, a, out: Path) -> tuple[list[list[str]], dict]:
     budget = Budget(max_drop=MAX_DROP if not a.quick else 2.0, objective="fastest", latency_batch=BATCH,
                     time_limit_s=limit, max_trials=a.max_trials)
     t0 = time.time()
-    res = compress(model, data, budget, out_dir=wd / "auto", quick=a.quick, title=f"{name}: fastest")
+    res = compress(model, data, budget, training=TrainingOptions(quick=a.quick),
+                   results=ResultOptions(out_dir=wd / "auto", title=f"{name}: fastest"))
     wall = time.time() - t0
     ours = Path(res.artifacts["onnx"]) if res.final is not None else None
     if ours is not None:
@@ -204,8 +206,7 @@ def verdict(info: dict) -> list[str]:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    return md_table(head, rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from thirdparty import import_thirdparty  # noqa: E402
 
 from autocompress.data import Splits, arrays_to_dataset, from_datasets, load_mnist  # noqa: E402
 from autocompress.targets.onnxruntime import measure_latency  # noqa: E402
+from autocompress.report.tables import md_table  # noqa: E402
 from autocompress.search import Budget, ResultOptions, TrainingOptions, compress  # noqa: E402
 from autocompress.train import TrainConfig, evaluate, fit, reestimate_bn  # noqa: E402
 
@@ -155,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_one(name, limit, a.quick, out))
         sys.stdout.write("| " + " | ".join(rows[-1]) + " |\n")
         sys.stdout.flush()
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(md_table(HEAD, rows) + "\n")
     return 0
 
 
