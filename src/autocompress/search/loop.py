@@ -317,14 +317,22 @@ def _counted(study) -> int:
                for t in study.trials)
 
 
+def _running(study) -> int:
+    return sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
+
+
 def _optimize(study, shared: _Shared, max_trials: int | None, deadline: Deadline) -> None:
     """Run trials until ``max_trials`` count (see :func:`_counted`) or the deadline. A search whose
     every trial fails still ends: at most three times ``max_trials`` attempts in all."""
     cap = None if max_trials is None else 3 * max_trials + len(study.trials)
 
     def enough(study, _trial) -> None:
+        # Trials another worker is running still claim their place: without them two workers each
+        # start "the last" trial and the study overshoots max_trials. Should such a trial fail, the
+        # worker that ran it is still going and runs its replacement.
+        claimed = (_counted(study) + _running(study)) if max_trials is not None else 0
         # a trial started now could not even be scored: stop
-        if (max_trials is not None and _counted(study) >= max_trials) or deadline.expired() \
+        if (max_trials is not None and claimed >= max_trials) or deadline.expired() \
                 or (cap is not None and len(study.trials) >= cap):
             study.stop()
 
