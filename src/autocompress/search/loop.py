@@ -228,7 +228,7 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
                        seed=seed, quick=quick, work_dir=out / "work", budget=budget,
                        model_factory=model_factory or _copier(model), deadline=deadline,
                        rung_evaluate=_val_evaluator(data, evaluate, SUBSET),
-                       deployed_evaluate=_deployed_evaluator(target, data, evaluate, limit))
+                       deployed_evaluate=_deployed_evaluator(target, data, evaluate, limit), baseline_path=base_onnx)
     # only the techniques this budget will search are worth measuring
     ctx.sensitivity = _sensitivity(model, ctx, space_mod.useful(budget, techniques), out / "sensitivity.json")
     shared = _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)
@@ -265,7 +265,9 @@ def _fingerprint(model: nn.Module, techniques) -> str:
 def _sensitivity(model, ctx: TrialContext, techniques, path: Path) -> dict:
     """Per-layer sensitivity, cached on disk for this exact model (weights fingerprint): a resumed
     or repeated run does not pay for it again, a retrained model does not reuse stale curves."""
-    fp = _fingerprint(model, techniques)
+    # a speed budget's structured costs are timed on its runtime at its batch: part of the key
+    b = ctx.budget
+    fp = _fingerprint(model, techniques) + (f"-{b.runtime}-b{b.latency_batch}-t{b.threads}" if b.needs_latency() else "")
     if path.exists():
         try:
             cached = json.loads(path.read_text())

@@ -57,6 +57,10 @@ def predicted_drop(sens: dict | None, target: float) -> float | None:
     ``None`` when there is no analysis or the target lies beyond what was analysed."""
     if not sens or "scores" not in sens or target <= 0:
         return None if target > 0 else 0.0
+    if sens.get("latency_path"):       # a speed budget's timed path: the target is a share of time
+        from autocompress.prune.latency_path import point_for
+        p = point_for(sens["latency_path"], target)
+        return p["drop"] if p["saved"] >= target else None
     from autocompress.prune import SensitivityResult, allocate_ratios
     res = SensitivityResult.from_dict(sens)
     try:

@@ -48,6 +48,8 @@ class TrialContext:
     # which only PyTorch can compute); used where the runtime re-quantizes (its file is not our simulation)
     deployed_evaluate: Callable[[Path], float] | None = None
     rungs: object | None = None   # the running trial's rungs.RungWatch (None: no early stop)
+    baseline_path: Path | None = None   # the original model's deployed file (speed probes time against it)
+    speed_probe: Callable[[nn.Module], float | None] | None = None   # set while sensitivity runs
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +228,8 @@ def rebuild_best(shared, recipe: Recipe, trial_number: int) -> nn.Module:
 # two minutes for baseline, trials and the final measurement: on a loaded 2-core machine a fifth
 # of that for sensitivity left no time for a single trial
 SENSITIVITY_SHARE = (0.05, 0.2)
+# more for a speed budget's structured analysis: each pruned copy timed on the runtime (speed_probe.py)
+PROBE_SHARE = (0.02, 0.1)
 
 
 def measure_sensitivity(model: nn.Module, ctx: TrialContext, techniques) -> dict:
@@ -243,7 +247,8 @@ def measure_sensitivity(model: nn.Module, ctx: TrialContext, techniques) -> dict
     if not plans:
         return {}
     allowed = ctx.deadline.share(SENSITIVITY_SHARE[0 if ctx.quick else 1])
-    phase = ctx.deadline.sub(allowed)
+    ctx.speed_probe = _speed_probe(ctx) if "structured" in plans else None
+    phase = ctx.deadline.sub(allowed + (ctx.speed_probe.allowed_s if ctx.speed_probe else 0.0))
     limit = 500 if ctx.quick else 3000
     t0 = time.monotonic()
     evaluate(model, ctx.data.loader("val", 1000, limit=limit))
@@ -273,7 +278,17 @@ def measure_sensitivity(model: nn.Module, ctx: TrialContext, techniques) -> dict
                                                       "allocates uniformly", tech, type(model).__name__, e)
         except Exception as e:  # noqa: BLE001 - sensitivity guides the search; without it we search blind
             log.warning("%s sensitivity unavailable for %s: %s", tech, type(model).__name__, e)
+    ctx.speed_probe = None
     return out
+
+
+def _speed_probe(ctx: TrialContext):
+    if ctx.baseline_path is None:
+        return None
+    from autocompress import targets
+    from autocompress.search.speed_probe import make_probe
+    return make_probe(targets.require(ctx.budget.runtime), ctx.baseline_path, ctx.example, ctx.data, ctx.budget,
+                      ctx.work_dir, ctx.deadline.share(PROBE_SHARE[0 if ctx.quick else 1]))
 
 
 def sensitivity_curves(sens: dict) -> dict[str, dict[str, dict[str, float]]]:

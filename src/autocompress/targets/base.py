@@ -42,6 +42,9 @@ class Target:
     # True: ``export(quantized=True)`` quantizes a plain float model itself from ``calibration``;
     # False: it writes the model's own quantization wrappers (their calibrated ranges)
     requantizes: bool = False
+    # export options for a file that is only timed (speed probes: search/speed_probe.py): the
+    # quickest faithful export, not the one that ships
+    probe_opts: dict[str, Any] = {}
 
     @property
     def filename(self) -> str:

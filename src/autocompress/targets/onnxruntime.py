@@ -33,6 +33,8 @@ class OnnxRuntimeTarget(Target):
     suffix = ".onnx"
     package = "onnxruntime"
     label = "ONNX Runtime"
+    # the TorchScript exporter writes LeNet-5 in 0.02 s against dynamo's 1 s: the same kernels run
+    probe_opts = {"exporter": "torchscript", "packed": False}
 
     def export(self, model: nn.Module, example: torch.Tensor, path: str | Path, *, quantized: bool = False,
                calibration: torch.Tensor | None = None, packed: bool = True, **opts: Any) -> Path:

@@ -3,6 +3,7 @@ is faster on any runtime. Serves speed budgets."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -39,14 +40,23 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
     """Remove ``structured_ratio`` of the MACs; the per-layer profile comes from the structured
     sensitivity (sensitive layers lose fewer channels) unless the recipe pins ``layer_ratios``."""
     from autocompress.prune import StructuredPruneConfig, StructuredPruneError, prune_channels_
-    profile = dict(recipe.layer_ratios) or allocate(ctx.sensitivity.get("structured"), recipe.structured_ratio)
+    from autocompress.prune.latency_path import point_for
+    sens = ctx.sensitivity.get("structured")
+    profile = dict(recipe.layer_ratios) or allocate(sens, recipe.structured_ratio)
     rt = recipe.round_to if recipe.round_to > 1 else None
-    attempts = [(profile, rt)] + ([({}, rt)] if profile and not recipe.layer_ratios else [])
+    mac = lambda prof, r: StructuredPruneConfig(target="macs", amount=recipe.structured_ratio,  # noqa: E731
+                                                per_layer=prof, round_to=r)
+    attempts = [mac(profile, rt)] + ([mac({}, rt)] if profile and not recipe.layer_ratios else [])
+    point = None if recipe.layer_ratios else point_for((sens or {}).get("latency_path") or [], recipe.structured_ratio)
+    if point is not None:
+        # a speed budget's path, timed on its runtime: ``structured_ratio`` is the share of the
+        # runtime's time to save, and the point's ratios are pruned as they are (rescaling them to
+        # a MAC count would undo what the timing found)
+        attempts.insert(0, StructuredPruneConfig(ratio=0.0, per_layer=point["ratios"], round_to=rt))
     if rt is not None:
         # a small layer cannot keep a multiple of round_to and still lose its share: unrounded then
-        attempts += [(p, None) for p, _ in attempts]
-    for i, (prof, r) in enumerate(attempts):
-        cfg = StructuredPruneConfig(target="macs", amount=recipe.structured_ratio, per_layer=prof, round_to=r)
+        attempts += [dataclasses.replace(c, round_to=None) for c in attempts]
+    for i, cfg in enumerate(attempts):
         try:
             model = prune_channels_(model, cfg, ctx.example)
             break
@@ -59,14 +69,22 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
             # the sensitivity profile or the rounding spares some layers so much that the MAC
             # target is out of reach even at the largest ratio: try the next, looser setting
             log.info("%.0f%% of the MACs out of reach with %s, round_to=%s (%s); trying a looser setting",
-                     100 * recipe.structured_ratio, "the sensitivity profile" if prof else "uniform ratios", r, e)
+                     100 * recipe.structured_ratio, "a profile" if cfg.per_layer else "uniform ratios",
+                     cfg.round_to, e)
     reestimate_bn(model, ctx)
     return ctx.train(model, recipe, share(recipe, run), desc="recover channels", accelerate=True)
 
 
-def _sensitivity(model: nn.Module, evaluate, ratios, stop, example) -> dict:
+def _sensitivity(model: nn.Module, evaluate, ratios, stop, example, speed=None) -> dict:
     from autocompress.prune import sensitivity
-    return sensitivity(model, evaluate, ratios=ratios, kind="structured", example_input=example, stop=stop).to_dict()
+    res = sensitivity(model, evaluate, ratios=ratios, kind="structured", example_input=example, stop=stop)
+    out = res.to_dict()
+    if speed is not None:     # a speed budget: the order in which layers thin, timed on its runtime
+        from autocompress.prune.latency_path import latency_path
+        path = latency_path(model, example, res, speed)
+        if path:
+            out["latency_path"] = path
+    return out
 
 
 TECHNIQUE = register(Technique(
@@ -79,7 +97,8 @@ TECHNIQUE = register(Technique(
     seed_levels=tuple({"structured_ratio": s} for s in (0.5, 0.8, 0.9, 0.9)),
     sensitivity_seeds="structured_ratio",
     sensitivity=lambda ctx: {"ratios": (0.25, 0.5, 0.75, 0.9),
-                             "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx.example)},
+                             "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx.example,
+                                                                                 getattr(ctx, "speed_probe", None))},
     to_recipe=lambda p: dict(structured_ratio=float(p.get("structured_ratio", 0.0)),
                              round_to=int(p.get("round_to", 8))),
     from_recipe=lambda r: dict(structured_ratio=r.structured_ratio, round_to=r.round_to)))
