@@ -53,17 +53,21 @@ def test_accuracy_decides_between_layers_that_save_the_same_time():
     assert all(math.isfinite(p["drop"]) for p in path)
 
 
-def test_a_probe_that_runs_out_leaves_no_path():
+def test_a_probe_that_runs_out_leaves_a_partial_path_and_macs_beyond_it():
     model, x = build("plain_cnn")
+    before = _widths(model)
     sens = _sens(["features.0", "fc1"], {"features.0": 0.1, "fc1": 0.1})
     calls = []
 
     def speed(m):
         calls.append(1)
         return None if len(calls) > 2 else 1.5
-    assert latency_path(model, x, sens, speed, round_to=None) is None
-    m2 = copy.deepcopy(model)
-    assert _widths(m2) == _widths(model)               # the model itself is never pruned
+    path = latency_path(model, x, sens, speed, round_to=None)
+    assert len(path) == 1 and path[0]["partial"] and path[0]["saved"] == pytest.approx(1 / 3, abs=1e-3)
+    assert point_for(path, 0.2) is path[0]
+    assert point_for(path, 0.6) is None                # beyond a cut-short path: MACs decide
+    assert latency_path(model, x, sens, lambda m: None, round_to=None) is None
+    assert _widths(model) == before                    # the model itself is never pruned
 
 
 def test_speed_budget_search_times_the_path_on_the_runtime_and_replays_it(tmp_path):

@@ -26,6 +26,9 @@ from autocompress.prune.sensitivity import SensitivityResult
 
 log = logging.getLogger(__name__)
 
+# predicted accuracy lost before any fine-tune beyond which no fine-tune wins it back: the walk ends
+HOPELESS = 0.5
+
 Speed = Callable[[nn.Module], "float | None"]   # speed-up of a pruned copy over the original, None: stop
 
 
@@ -43,7 +46,9 @@ def _drop(sens: SensitivityResult, layer: str, r: float) -> float:
 def latency_path(model: nn.Module, example, sens: SensitivityResult, speed: Speed, *,
                  round_to: int | None = 8, prune: Callable | None = None) -> list[dict] | None:
     """The greedy path (see module doc) as ``[{"ratios": {layer: r}, "saved": s, "drop": d}, ...]``,
-    ``saved`` rising; ``None`` when ``speed`` stopped before the path was built (MACs guide then).
+    ``saved`` rising. When ``speed`` stops (its time is spent) the path so far comes back, its last
+    point marked ``"partial": True``: shares beyond it are left to MACs (:func:`point_for`); ``None``
+    when not even one point was timed.
     ``prune(copy, ratios)`` prunes a copy (default: :func:`prune_channels_` at those ratios)."""
     from autocompress.prune.structured import StructuredPruneConfig, StructuredPruneError, prune_channels_
 
@@ -56,7 +61,7 @@ def latency_path(model: nn.Module, example, sens: SensitivityResult, speed: Spee
     cur_saved, cur_drop = 0.0, 0.0
     path: list[dict] = []
     if hasattr(speed, "expect"):     # about how many copies the greedy walk times (it can stop early)
-        speed.expect(len(layers) * len(grid) * (len(layers) + 1) // 2)
+        speed.expect(int(1.25 * len(layers) * len(grid) * (len(layers) + 1) / 2) + len(layers))
     while True:
         best = None
         for n in layers:
@@ -71,7 +76,9 @@ def latency_path(model: nn.Module, example, sens: SensitivityResult, speed: Spee
                 at[n] = len(grid)             # this layer goes no further
                 continue
             if s is None:
-                return None
+                if path:
+                    path[-1]["partial"] = True
+                return path or None
             saved = max(0.0, 1.0 - 1.0 / max(s, 1e-9))
             drop = sum(_drop(sens, k, r) for k, r in ratios.items())
             gain = saved - cur_saved
@@ -86,12 +93,16 @@ def latency_path(model: nn.Module, example, sens: SensitivityResult, speed: Spee
         if saved > cur_saved:     # a point the path keeps: it saves more than the last one
             cur_saved, cur_drop = saved, drop
             path.append({"ratios": ratios, "saved": round(saved, 4), "drop": round(drop, 5)})
+        if cur_drop > HOPELESS:
+            break
     log.info("latency path: %d points, up to %.0f %% of the time saved", len(path), 100 * cur_saved)
     return path
 
 
 def point_for(path: list[dict], share: float) -> dict | None:
-    """The first point that saves ``share`` of the time (the last one when none does)."""
+    """The first point that saves ``share`` of the time; beyond the path the last point, or
+    ``None`` when the path was cut short (its probe ran out of time: MACs decide there)."""
     if not path:
         return None
-    return next((p for p in path if p["saved"] >= share), path[-1])
+    hit = next((p for p in path if p["saved"] >= share), None)
+    return hit if hit is not None or path[-1].get("partial") else path[-1]

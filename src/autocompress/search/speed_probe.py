@@ -17,7 +17,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-PROBE_S = 0.4     # timing seconds per pruned copy (the ratio of medians settles well before)
+PROBE_S = 0.4     # timing seconds per pruned copy at most (the ratio of medians settles well before)
+MIN_S = 0.08      # and at least
 
 
 class SpeedProbe:
@@ -37,6 +38,8 @@ class SpeedProbe:
         self.calls = 0
         self.expected: int | None = None
         self.dead = False
+        self.overhead = 0.0              # seconds per copy besides timing it (export, pruning it)
+        self._last: float | None = None
 
     def expect(self, n: int) -> None:
         self.expected = n
@@ -46,23 +49,30 @@ class SpeedProbe:
         if self.dead:
             return None
         t0 = time.monotonic()
+        # the caller prunes the next copy between two probes: the allowance pays for that too
+        between = 0.0 if self._last is None else t0 - self._last
+        left = max((self.expected or 1) - self.calls, 1)
         try:
             self.target.export(model, self.example, self.path, **self.target.probe_opts)
             cand = self.target.load(self.path, self.threads)
-            per = min(PROBE_S, max(0.05, (self.allowed_s - self.spent) / max((self.expected or 1) - self.calls, 1)))
+            t1 = time.monotonic()
+            # the timing gets what the allowance leaves after the exports still to come
+            per = (self.allowed_s - self.spent - left * self.overhead) / left
             t = interleaved_speedup(lambda: self.ref(self.x), lambda: cand(self.x), warmup=3, min_rounds=9,
-                                    max_rounds=300, rel_tol=0.03, max_time_s=per)
+                                    max_rounds=300, rel_tol=0.03, max_time_s=min(PROBE_S, max(MIN_S, per)))
         except Exception as e:  # noqa: BLE001 - a probe that cannot time says so; MACs then guide
             log.info("speed probe: %s: %s; the allocation uses MACs", type(e).__name__, e)
             self.dead = True
             return None
-        self.spent += time.monotonic() - t0
+        done = time.monotonic()
         self.calls += 1
-        left = (self.expected or self.calls) - self.calls
-        if self.spent + left * self.spent / self.calls > self.allowed_s:
-            log.info("speed probe: %d copies would take %.0f s > %.0f s allowed; the allocation uses MACs",
-                     self.expected or self.calls, (self.expected or self.calls) * self.spent / self.calls,
-                     self.allowed_s)
+        self.spent += done - t0 + between
+        self.overhead += ((t1 - t0) + between - self.overhead) / self.calls   # running mean
+        self._last = done
+        left -= 1
+        if self.spent + left * (self.overhead + MIN_S) > self.allowed_s:
+            log.info("speed probe: %d more copies would not fit in the %.0f s allowed (%.2f s each besides "
+                     "timing); the allocation uses MACs", left, self.allowed_s, self.overhead)
             self.dead = True
             return None
         return float(t.speedup)
