@@ -38,8 +38,8 @@ def test_path_thins_the_layer_that_saves_time_first_not_the_one_with_macs():
     assert all(b["saved"] > a["saved"] for a, b in zip(path, path[1:]))
     assert all(set(p["ratios"]) == {"features.0"} for p in path)    # the others save nothing: left alone
     assert path[-1]["saved"] == pytest.approx(0.8 * 0.75, abs=0.05)
-    # a ratio is a share of the time: the first point that saves it, the last one beyond the path
-    assert point_for(path, 0.3)["saved"] >= 0.3 and point_for(path, 0.99) is path[-1]
+    # a ratio is a share of the time: the first point that saves it; beyond the path, MACs decide
+    assert point_for(path, 0.3)["saved"] >= 0.3 and point_for(path, 0.99) is None
     assert point_for([], 0.5) is None
 
 
@@ -85,7 +85,7 @@ def test_speed_budget_search_times_the_path_on_the_runtime_and_replays_it(tmp_pa
     model = load_baseline("lenet5")
     budget = Budget(max_drop=50.0, objective="fastest", latency_batch=16, max_trials=1)
     res = compress(model, data, budget, search=SearchOptions(techniques=("structured",),
-                   seeds=[Recipe(structured_ratio=0.7, finetune_epochs=0.25, distill=False)]),
+                   seeds=[Recipe(structured_ratio=0.5, finetune_epochs=0.25, distill=False)]),
                    training=TrainingOptions(quick=True), results=ResultOptions(out_dir=tmp_path))
     sens = json.loads((tmp_path / "sensitivity.json").read_text())["sensitivity"]["structured"]
     path = sens["latency_path"]
@@ -93,7 +93,10 @@ def test_speed_budget_search_times_the_path_on_the_runtime_and_replays_it(tmp_pa
     assert all(b["saved"] > a["saved"] for a, b in zip(path, path[1:]))
     assert res.trials[0].state == "complete", res.trials[0]
     # the trial pruned the path's point for its ratio as it stands (round_to 8), not rescaled to MACs
+    # (on ORT at batch 16 LeNet-5's path reaches ~90 % of the time saved: half is well inside it)
     from autocompress.prune import StructuredPruneConfig, channel_counts, prune_channels_
+    point = point_for(path, 0.5)
+    assert point is not None, path
     expect = prune_channels_(copy.deepcopy(model), StructuredPruneConfig(
-        ratio=0.0, per_layer=point_for(path, 0.7)["ratios"], round_to=8), data.example_input(1))
+        ratio=0.0, per_layer=point["ratios"], round_to=8), data.example_input(1))
     assert channel_counts(res.model) == channel_counts(expect) != channel_counts(model)
