@@ -38,7 +38,10 @@ class Structured(Config):
 
 def run(model: nn.Module, recipe, ctx) -> nn.Module:
     """Remove ``structured_ratio`` of the MACs; the per-layer profile comes from the structured
-    sensitivity (sensitive layers lose fewer channels) unless the recipe pins ``layer_ratios``."""
+    sensitivity (sensitive layers lose fewer channels) unless the recipe pins ``layer_ratios``.
+    A speed budget's sensitivity carries a latency path timed on its runtime
+    (prune/latency_path.py): there ``structured_ratio`` is the share of the runtime's time to
+    save, and the path's point is pruned as it stands; shares beyond the path fall back on MACs."""
     from autocompress.prune import StructuredPruneConfig, StructuredPruneError, prune_channels_
     from autocompress.prune.latency_path import point_for
     sens = ctx.sensitivity.get("structured")
