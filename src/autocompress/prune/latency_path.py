@@ -22,7 +22,7 @@ from typing import Callable
 
 from torch import nn
 
-from autocompress.prune.sensitivity import SensitivityResult
+from autocompress.prune.sensitivity import SensitivityResult, _envelope, _interp
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,8 @@ Speed = Callable[[nn.Module], "float | None"]   # speed-up of a pruned copy over
 
 
 def _drop(sens: SensitivityResult, layer: str, r: float) -> float:
-    xs, ds = [0.0, *sens.ratios], [0.0, *(max(d, 0.0) for d in sens.drops(layer))]
-    for i in range(1, len(ds)):          # more pruning never helps
-        ds[i] = max(ds[i], ds[i - 1])
-    for i in range(1, len(xs)):
-        if r <= xs[i]:
-            f = (r - xs[i - 1]) / max(xs[i] - xs[i - 1], 1e-12)
-            return ds[i - 1] + f * (ds[i] - ds[i - 1])
-    return ds[-1]
+    """The layer's predicted drop at ratio ``r``, read as allocate_ratios reads it."""
+    return _interp([0.0, *sens.ratios], [0.0, *_envelope(sens.drops(layer))], r)
 
 
 def latency_path(model: nn.Module, example, sens: SensitivityResult, speed: Speed, *,
@@ -57,7 +51,8 @@ def latency_path(model: nn.Module, example, sens: SensitivityResult, speed: Spee
     prune = prune or default_prune
     layers = list(sens.scores)
     grid = list(sens.ratios)
-    at = {n: 0 for n in layers}           # index into [0, *grid]
+    steps = [0.0, *grid]
+    at = {n: 0 for n in layers}           # index into steps
     cur_saved, cur_drop = 0.0, 0.0
     path: list[dict] = []
     if hasattr(speed, "expect"):     # about how many copies the greedy walk times (it can stop early)
@@ -67,7 +62,7 @@ def latency_path(model: nn.Module, example, sens: SensitivityResult, speed: Spee
         for n in layers:
             if at[n] >= len(grid):
                 continue
-            ratios = {k: ([0.0, *grid])[at[k]] for k in layers if at[k] > 0}
+            ratios = {k: steps[at[k]] for k in layers if at[k] > 0}
             ratios[n] = grid[at[n]]
             try:
                 s = speed(prune(copy.deepcopy(model), ratios))

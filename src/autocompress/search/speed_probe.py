@@ -80,7 +80,7 @@ class SpeedProbe:
 
 def make_probe(target, base_path: Path, example, data, budget, work_dir: Path, allowed_s: float) -> SpeedProbe | None:
     """A probe for a speed budget on float inputs (token ids are timed by the trials only)."""
-    if not budget.needs_latency() or not isinstance(example, torch.Tensor) or example.is_floating_point() is False:
+    if not budget.needs_latency() or not isinstance(example, torch.Tensor) or not example.is_floating_point():
         return None
     if math.isfinite(allowed_s) and allowed_s < 1.0:
         return None
