@@ -78,3 +78,25 @@ def test_allocated_ratios_feed_prune_and_structured_cost():
     cost = removal_fn(cnn, x, "macs")
     ratios = allocate_ratios(ssens, 0.5, cost=cost, iters=12)
     assert cost(ratios) >= 0.5 - 0.05
+
+
+def test_structured_sensitivity_scores_each_copy_after_after_prune():
+    # the search re-estimates BatchNorm on each pruned copy (as its trials do) through after_prune:
+    # it must see every copy, pruned, before the copy is scored, and never the model itself
+    model, x = build("residual_cnn")
+    loader = make_loader("residual_cnn")
+    n0 = sum(p.numel() for p in model.parameters())
+    seen = []
+
+    def after(m):
+        seen.append(sum(p.numel() for p in m.parameters()))
+        assert m is not model
+        for b in m.modules():
+            if isinstance(b, torch.nn.BatchNorm2d):
+                b.running_mean.fill_(1e3)        # wreck the statistics: the score must show it
+
+    wrecked = sensitivity(model, loader, ratios=(0.5,), kind="structured", example_input=x, after_prune=after)
+    plain = sensitivity(model, loader, ratios=(0.5,), kind="structured", example_input=x)
+    assert len(seen) == len(plain.scores) and any(n < n0 for n in seen)
+    assert wrecked.baseline == plain.baseline                     # the model itself untouched
+    assert any(wrecked.scores[k] != plain.scores[k] for k in plain.scores)

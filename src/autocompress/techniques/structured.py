@@ -78,16 +78,28 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
     return ctx.train(model, recipe, share(recipe, run), desc="recover channels", accelerate=True)
 
 
-def _sensitivity(model: nn.Module, evaluate, ratios, stop, example, speed=None) -> dict:
+def _sensitivity(model: nn.Module, evaluate, ratios, stop, ctx) -> dict:
     from autocompress.prune import sensitivity
-    res = sensitivity(model, evaluate, ratios=ratios, kind="structured", example_input=example, stop=stop)
+    from autocompress.train import reestimate_bn as _reestimate
+    calib = None
+    if _has_bn(model):
+        # the trials re-estimate BatchNorm after pruning: so must the copies that predict them
+        calib = ctx.data.calibration_batch(128 if ctx.quick else 256, seed=ctx.seed)
+    res = sensitivity(model, evaluate, ratios=ratios, kind="structured", example_input=ctx.example, stop=stop,
+                      after_prune=None if calib is None else (lambda m: _reestimate(m, calib)))
+    speed = getattr(ctx, "speed_probe", None)
     out = res.to_dict()
     if speed is not None:     # a speed budget: the order in which layers thin, timed on its runtime
         from autocompress.prune.latency_path import latency_path
-        path = latency_path(model, example, res, speed)
+        path = latency_path(model, ctx.example, res, speed)
         if path:
             out["latency_path"] = path
     return out
+
+
+def _has_bn(model: nn.Module) -> bool:
+    from torch import nn
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
 
 
 TECHNIQUE = register(Technique(
@@ -100,8 +112,7 @@ TECHNIQUE = register(Technique(
     seed_levels=tuple({"structured_ratio": s} for s in (0.5, 0.8, 0.9, 0.9)),
     sensitivity_seeds="structured_ratio",
     sensitivity=lambda ctx: {"ratios": (0.25, 0.5, 0.75, 0.9),
-                             "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx.example,
-                                                                                 getattr(ctx, "speed_probe", None))},
+                             "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx)},
     to_recipe=lambda p: dict(structured_ratio=float(p.get("structured_ratio", 0.0)),
                              round_to=int(p.get("round_to", 8))),
     from_recipe=lambda r: dict(structured_ratio=r.structured_ratio, round_to=r.round_to)))
