@@ -63,6 +63,9 @@ class PTQConfig(Config):
     # codes in MatMulNBits (smaller file, float matmul); convolutions always use int8
     weight_storage: Literal["int8", "packed"] = "int8"
     on_unsupported: Literal["fallback", "error"] = "fallback"
+    # 8-bit weights within |q| <= 63, so ONNX Runtime's int8 kernels on x86 CPUs without VNNI do
+    # not saturate (fake_quant.WeightQuantizer); False for full range on runtimes known to be safe
+    reduce_range: bool = True
 
     def validate(self) -> None:
         _check_bits("PTQConfig", "weight_bits", self.weight_bits, 2, 8)
@@ -97,6 +100,7 @@ class DynamicInt8Config(Config):
 
     per_channel: bool = True
     skip_layers: list[str] = field(default_factory=list)
+    reduce_range: bool = True        # see PTQConfig.reduce_range: the same u8s8 kernels
 
 
 @dataclass
@@ -261,7 +265,7 @@ def configure_static(w: QuantWrapper, weight_bits: int, act_bits: int, cfg: PTQC
     """Set one wrapper to static w{weight_bits}a{act_bits} from its calibrated observers."""
     w.mode = "static"
     w.storage = cfg.weight_storage
-    w.w_q = WeightQuantizer(weight_bits, cfg.per_channel, None, True, cfg.weight_calibration)
+    w.w_q = WeightQuantizer(weight_bits, cfg.per_channel, None, True, cfg.weight_calibration, cfg.reduce_range)
     w.w_q.calibrate(w.weight)
     for q in (w.in_q, w.out_q):
         if q.bits != act_bits:
@@ -333,7 +337,7 @@ def _dynamic(model: nn.Module, cfg: DynamicInt8Config, data: Any = None) -> nn.M
     prepare(model, cfg.skip_layers, linear_only=True)
     for w in _linear_wrappers(model):
         w.mode = "dynamic"
-        w.w_q = WeightQuantizer(8, cfg.per_channel)
+        w.w_q = WeightQuantizer(8, cfg.per_channel, reduce_range=cfg.reduce_range)
         w.w_q.calibrate(w.weight)
         w.reason = "dynamic int8 (activation range measured at run time)"
     return model

@@ -38,6 +38,7 @@ class QATConfig(Config):
     skip_layers: list[str] = field(default_factory=list)
     quantize_logits: bool = False
     weight_storage: Literal["int8", "packed"] = "int8"   # see PTQConfig.weight_storage
+    reduce_range: bool = True                  # see PTQConfig.reduce_range
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, lr=1e-4))
 
     def validate(self) -> None:
@@ -50,7 +51,8 @@ class QATConfig(Config):
         return PTQConfig(weight_bits=self.weight_bits, act_bits=self.act_bits, calibration=self.calibration,
                          weight_calibration=self.weight_calibration, per_channel=self.per_channel,
                          num_calibration=self.num_calibration, skip_layers=list(self.skip_layers),
-                         quantize_logits=self.quantize_logits, weight_storage=self.weight_storage)
+                         quantize_logits=self.quantize_logits, weight_storage=self.weight_storage,
+                         reduce_range=self.reduce_range)
 
 
 def make_scales_learnable(model: nn.Module) -> None:
