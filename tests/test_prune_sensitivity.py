@@ -97,6 +97,15 @@ def test_structured_sensitivity_scores_each_copy_after_after_prune():
 
     wrecked = sensitivity(model, loader, ratios=(0.5,), kind="structured", example_input=x, after_prune=after)
     plain = sensitivity(model, loader, ratios=(0.5,), kind="structured", example_input=x)
-    assert len(seen) == len(plain.scores) and any(n < n0 for n in seen)
+    assert len(seen) == len(plain.scores) and all(n < n0 for n in seen)
     assert wrecked.baseline == plain.baseline                     # the model itself untouched
     assert any(wrecked.scores[k] != plain.scores[k] for k in plain.scores)
+
+
+def test_structured_sensitivity_skips_layers_whose_pruning_alone_removes_nothing():
+    # residual_cnn's stem and downsampling convs share their channels with the residual adds:
+    # their group is pruned through the block's last conv, and pruning them alone is a no-op
+    model, x = build("residual_cnn")
+    sens = sensitivity(model, make_loader("residual_cnn"), ratios=(0.5,), kind="structured", example_input=x)
+    assert "stem.0" not in sens.scores and "down.0" not in sens.scores
+    assert all(c[0] > 0 for c in sens.costs.values())

@@ -131,7 +131,7 @@ def _unstructured(model, evaluate, ratios, layers, exclude, kinds, importance, b
     return scores, sizes, {}
 
 
-def _structured(model, evaluate, ratios, layers, exclude, example, importance, bar, stop, after_prune):
+def _structured(model, evaluate, baseline, ratios, layers, exclude, example, importance, bar, stop, after_prune):
     base_cfg = StructuredPruneConfig(ratio=0.0, importance=importance, exclude=list(exclude))
     names = [n for n in prunable_layers(model, example, base_cfg)
              if not layers or matches(layers, n)]
@@ -149,12 +149,19 @@ def _structured(model, evaluate, ratios, layers, exclude, example, importance, b
                 log.debug("sensitivity: layer %r cannot be pruned at %.2f (%s); skipped", n, r, e)
                 curve = None
                 break
-            if after_prune is not None:
-                after_prune(trial)
-            curve.append(float(evaluate(trial)))
             cost.append(1.0 - model_cost(trial, example, "macs") / base_macs)
+            if cost[-1] <= 1e-9:         # nothing removed: the model as it is
+                curve.append(baseline)
+            else:
+                if after_prune is not None:
+                    after_prune(trial)
+                curve.append(float(evaluate(trial)))
             bar.update(1)
-        if curve is not None:
+        if curve is not None and max(cost) <= 1e-9:
+            # its channels belong to a coupled group led by another layer (a residual add's
+            # inputs): pruning it alone removes nothing, and timing a no-op only measures noise
+            log.debug("sensitivity: pruning %r alone removes no MACs; skipped", n)
+        elif curve is not None:
             scores[n], costs[n] = curve, cost
             sizes[n] = sum(p.numel() for p in dict(model.named_modules())[n].parameters())
     return scores, sizes, costs
@@ -197,8 +204,8 @@ def sensitivity(model: nn.Module, evaluate: EvaluateFn | Iterable, ratios: Itera
         if kind == "unstructured":
             scores, sizes, costs = _unstructured(model, evaluate, ratios, layers, exclude, list(kinds), importance, bar, stop)
         else:
-            scores, sizes, costs = _structured(model, evaluate, ratios, layers, exclude, example_input, importance,
-                                               bar, stop, after_prune)
+            scores, sizes, costs = _structured(model, evaluate, baseline, ratios, layers, exclude, example_input,
+                                               importance, bar, stop, after_prune)
     model.train(was)
     if not scores:
         raise ValueError(f"sensitivity: no prunable layer in {type(model).__name__} (layers={layers}, "
