@@ -63,7 +63,14 @@ def test_fine_tunes_are_capped_to_what_the_search_time_pays_for():
     assert cap_epochs(seeds, None, 600.0, EPOCHS) == seeds
     assert cap_epochs(seeds, 100.0, math.inf, EPOCHS) == seeds
     tiny = cap_epochs(seeds, epoch_s=1e6, search_s=60.0, epoch_grid=EPOCHS)
-    assert [r.finetune_epochs for r in tiny] == [0.0, 0.25, 0.25]      # never turned into "no fine-tune"
+    # too little time for two: the milder one is kept, and never turned into "no fine-tune"
+    assert [(r.structured_ratio, r.finetune_epochs) for r in tiny] == [(0.0, 0.0), (0.5, 0.25)]
+    three = [seeds[1], Recipe(structured_ratio=0.7, finetune_epochs=2.0), seeds[2]]
+    assert [r.finetune_epochs for r in cap_epochs(three, epoch_s=100.0, search_s=600.0, epoch_grid=EPOCHS)] == [1.0] * 3
+    fewer = cap_epochs(three, epoch_s=200.0, search_s=600.0, epoch_grid=EPOCHS)         # 0.5 each at most for 3
+    assert [r.structured_ratio for r in fewer] == [0.5, 0.7, 0.9] and fewer[0].finetune_epochs == 0.5
+    two = cap_epochs(three, epoch_s=400.0, search_s=600.0, epoch_grid=EPOCHS)           # 0.25 each for 3: 1 kept
+    assert [r.structured_ratio for r in two] == [0.5]
     # seed_recipes applies the cap to every objective's seeds
     small = seed_recipes(Budget(objective="smallest"), ("prune", "cluster", "quantize"), epoch_s=100.0, search_s=600.0)
     assert max(r.finetune_epochs for r in small) <= 1.0

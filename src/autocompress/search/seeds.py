@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # trusted to win back: the seeds' ratios are the largest ones predicted under these
 RECOVERABLE = (0.05, 0.3, 0.6)
 SEED_SHARE = 0.5          # the fine-tuned seeds together get at most this much of the search time
+MIN_SEED_EPOCHS = 0.5     # a fine-tuned seed gets at least this much, or fewer seeds are fine-tuned
 
 
 def epoch_seconds(model: nn.Module, train_set, batch_size: int = 64, steps: int = 3) -> float:
@@ -143,6 +144,15 @@ def cap_epochs(seeds: list[Recipe], epoch_s: float | None, search_s: float, epoc
     if not trained or not epoch_s or math.isinf(search_s):
         return seeds
     affordable = SEED_SHARE * search_s / (len(trained) * epoch_s)
+    if affordable < MIN_SEED_EPOCHS and len(trained) > 1:
+        # too short to recover anything (MobileNetV3 on 2 cores: 0.25 epochs each, every one out
+        # of budget): fewer fine-tuned seeds, the strongest dropped first (seeds run mildest first)
+        keep = max(1, min(len(trained), int(SEED_SHARE * search_s / (MIN_SEED_EPOCHS * epoch_s))))
+        dropped = trained[keep:]
+        log.info("one fine-tuning epoch takes %.1f s: %d of %d fine-tuned seeds kept", epoch_s, keep, len(trained))
+        seeds = [r for r in seeds if not any(r is d for d in dropped)]
+        trained = trained[:keep]
+        affordable = SEED_SHARE * search_s / (len(trained) * epoch_s)
     if affordable < max(r.finetune_epochs for r in trained):
         log.info("one fine-tuning epoch takes %.1f s: seed fine-tunes capped at %.2f epochs", epoch_s, affordable)
     out = []
