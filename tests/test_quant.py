@@ -125,6 +125,17 @@ def test_weights_are_on_a_per_channel_symmetric_grid():
     assert ints.abs().max() <= 7             # 4-bit symmetric narrow range
 
 
+@pytest.mark.parametrize("reduce_range, top", [(True, 63), (False, 127)])
+def test_int8_weights_keep_seven_bits_of_range_unless_asked(reduce_range, top):
+    # ORT's u8s8 kernels on x86 without VNNI saturate with full-range weights: 7 bits by default
+    model, _ = build("mlp")
+    q = quantize_(model, PTQConfig(reduce_range=reduce_range), batch_of("mlp", 32))
+    w = q.net[0]
+    ints = w.w_q.integer(w.weight)
+    assert ints.abs().amax(1).min() == top       # every channel's largest weight reaches the edge
+    assert w.w_q.bits == 8 and PTQConfig().reduce_range and QATConfig(weight_bits=8).ptq().reduce_range
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 def test_bad_calibration_data_errors():
