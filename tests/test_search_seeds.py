@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -83,3 +84,26 @@ def test_epoch_seconds_times_steps_without_touching_the_model():
     s = epoch_seconds(m, ds, batch_size=64)
     assert 0 < s < 10
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_a_trial_fine_tune_is_shortened_to_the_time_left():
+    # a planned fine-tune the time left cannot pay for runs shorter, to its end, and the trial's
+    # recipe says what ran (a replay does the same); an affordable one is left alone
+    from types import SimpleNamespace
+
+    from autocompress.search.deadline import Deadline
+    from autocompress.search.trial import FIT_MARGIN, _fit_to_time
+    attrs = {}
+    trial = SimpleNamespace(number=3, set_user_attr=attrs.__setitem__)
+    ctx = SimpleNamespace(epoch_s=100.0, deadline=Deadline(300.0), finetune=None)
+    ctx.deadline.reserve(40.0)
+    ctx.deadline.saw_tail(10.0)
+    r = Recipe(structured_ratio=0.5, finetune_epochs=4.0)
+    fitted = _fit_to_time(r, ctx, trial)
+    left = 300.0 - 40.0 - 10.0
+    assert fitted.finetune_epochs == pytest.approx(FIT_MARGIN * left / 100.0, abs=0.02)
+    assert fitted.structured_ratio == 0.5 and attrs["finetune_planned"] == 4.0
+    assert _fit_to_time(Recipe(structured_ratio=0.5, finetune_epochs=1.0), ctx, trial).finetune_epochs == 1.0
+    assert _fit_to_time(Recipe(quant="int8", finetune_epochs=0.0), ctx, trial).finetune_epochs == 0.0
+    ctx.epoch_s = None                                         # the user's loop: nothing to time
+    assert _fit_to_time(r, ctx, trial) is r

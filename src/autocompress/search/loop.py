@@ -145,11 +145,12 @@ def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     if resume and url.startswith("sqlite:///"):   # the lock says nobody else runs its trials
         from autocompress.search.trial import fail_orphans
         fail_orphans(study)
+    shared.ctx.epoch_s = _epoch_s(shared)
     if not resume or len(study.trials) == 0:
         useful = space_mod.useful(budget, shared.techniques)
         if seeds is None:
             seeds = space_mod.seed_recipes(budget, useful, quick, sensitivity=shared.ctx.sensitivity,
-                                           epoch_s=_epoch_s(shared), search_s=deadline.search_remaining())
+                                           epoch_s=shared.ctx.epoch_s, search_s=deadline.search_remaining())
         for r in seeds:
             study.enqueue_trial(space_mod.to_params(r, useful), skip_if_exists=True)
     # interrupted / failed trials do not use up the trial budget; finished ones do

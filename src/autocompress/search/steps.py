@@ -50,6 +50,7 @@ class TrialContext:
     rungs: object | None = None   # the running trial's rungs.RungWatch (None: no early stop)
     baseline_path: Path | None = None   # the original model's deployed file (speed probes time against it)
     speed_probe: Callable[[nn.Module], float | None] | None = None   # set while sensitivity runs
+    epoch_s: float | None = None   # one fine-tuning epoch of the original, timed (None: unknown)
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
