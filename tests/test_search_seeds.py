@@ -98,12 +98,35 @@ def test_a_trial_fine_tune_is_shortened_to_the_time_left():
     ctx = SimpleNamespace(epoch_s=100.0, deadline=Deadline(300.0), finetune=None)
     ctx.deadline.reserve(40.0)
     ctx.deadline.saw_tail(10.0)
-    r = Recipe(structured_ratio=0.5, finetune_epochs=4.0)
+    r = Recipe(structured_ratio=0.5, distill=False, finetune_epochs=4.0)
     fitted = _fit_to_time(r, ctx, trial)
     left = 300.0 - 40.0 - 10.0
     assert fitted.finetune_epochs == pytest.approx(FIT_MARGIN * left / 100.0, abs=0.02)
     assert fitted.structured_ratio == 0.5 and attrs["finetune_planned"] == 4.0
-    assert _fit_to_time(Recipe(structured_ratio=0.5, finetune_epochs=1.0), ctx, trial).finetune_epochs == 1.0
+    assert _fit_to_time(Recipe(structured_ratio=0.5, distill=False, finetune_epochs=1.0), ctx, trial).finetune_epochs == 1.0
     assert _fit_to_time(Recipe(quant="int8", finetune_epochs=0.0), ctx, trial).finetune_epochs == 0.0
     ctx.epoch_s = None                                         # the user's loop: nothing to time
     assert _fit_to_time(r, ctx, trial) is r
+
+
+def test_a_fine_tune_the_deadline_cuts_late_is_scored_early_one_is_stopped():
+    from types import SimpleNamespace
+
+    from autocompress.search.steps import CUT_OK, train
+    from autocompress.train import TrainingStopped
+    ds = TensorDataset(torch.randn(640, 16), torch.randint(0, 4, (640,)))     # 10 steps of 64
+
+    def ctx_expiring_after(n):
+        calls = []
+
+        def expired():
+            calls.append(1)
+            return len(calls) > n
+        return SimpleNamespace(finetune=None, seed=0, device="cpu", rungs=None, train_set=ds, cut_short=None,
+                               deadline=SimpleNamespace(expired=expired))
+    r = Recipe(structured_ratio=0.5, distill=False, finetune_epochs=1.0)
+    late = ctx_expiring_after(int(10 * CUT_OK) + 1)
+    m = train(nn.Linear(16, 4), r, late, 1.0)
+    assert isinstance(m, nn.Linear) and "cut at 8 of 10 steps" in late.cut_short
+    with pytest.raises(TrainingStopped, match="stopped after 2 of 10 steps"):
+        train(nn.Linear(16, 4), r, ctx_expiring_after(2), 1.0)

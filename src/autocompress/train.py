@@ -29,7 +29,11 @@ StepHook = Callable[[nn.Module], None]
 
 class TrainingStopped(Exception):
     """``fit`` was asked to stop at a step boundary (a search's deadline, an early-stopping rule).
-    The model is left as trained so far, in eval mode."""
+    The model is left as trained so far, in eval mode; ``step`` of ``total`` steps had run."""
+
+    def __init__(self, message: str, step: int = 0, total: int = 0) -> None:
+        super().__init__(message)
+        self.step, self.total = step, total
 
 
 @dataclass
@@ -115,7 +119,7 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
                 if dev != home:
                     x, y = _to(x, dev), y.to(dev, non_blocking=True)
                 if stop is not None and stop():
-                    raise TrainingStopped(f"{desc}: stopped after {step} of {total} steps")
+                    raise TrainingStopped(f"{desc}: stopped after {step} of {total} steps", step, total)
                 loss = loss_fn(model, x, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; "

@@ -21,7 +21,7 @@ from autocompress.search.budget import Budget
 from autocompress.search.deadline import Deadline
 from autocompress.search.recipe import Recipe
 from autocompress.techniques._common import follow_renames  # noqa: F401  (re-exported)
-from autocompress.train import TrainConfig, fit
+from autocompress.train import TrainConfig, TrainingStopped, fit
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class TrialContext:
     baseline_path: Path | None = None   # the original model's deployed file (speed probes time against it)
     speed_probe: Callable[[nn.Module], float | None] | None = None   # set while sensitivity runs
     epoch_s: float | None = None   # one fine-tuning epoch of the original, timed (None: unknown)
+    cut_short: str | None = None   # the running trial's fine-tune the deadline cut (scored anyway)
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -113,8 +114,21 @@ def train(model: nn.Module, recipe: Recipe, ctx: TrialContext, epochs: float, ho
     watch = ctx.rungs
     settled = desc not in ("prune round", "recover sparse")   # mid-schedule scores dip (rungs.py)
     stop = ctx.deadline.expired if watch is None else (lambda: ctx.deadline.expired() or watch.step(model, settled))
-    return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc,
-               stop=stop, device=device)
+    try:
+        return fit(model, ctx.train_set, cfg, loss_fn=loss_for(recipe, ctx), hooks=hooks, desc=desc,
+                   stop=stop, device=device)
+    except TrainingStopped as e:
+        if e.total and e.step >= CUT_OK * e.total:
+            # most of it ran (the cosine schedule's last steps barely move the weights): the
+            # candidate is scored in the time kept back for that, rather than thrown away
+            log.info("%s: the search's time ran out after %d of %d steps; scored as it stands",
+                     desc, e.step, e.total)
+            ctx.cut_short = f"{desc} cut at {e.step} of {e.total} steps by the deadline"
+            return model
+        raise
+
+
+CUT_OK = 0.75    # share of a fine-tune's steps after which a deadline stop still scores the candidate
 
 
 # -- the steps (one per technique, in techniques/) ----------------------------------------------

@@ -67,10 +67,13 @@ def _trial(trial, shared):
     log.info("trial %d: %s", trial.number, recipe.describe())
     model = copy.deepcopy(shared.model)
     shared.ctx.rungs = _rung_watch(trial, shared, recipe)
+    shared.ctx.cut_short = None
     try:
         model = apply_recipe_steps(model, recipe, shared.ctx)
     finally:
         shared.ctx.rungs = None
+    if shared.ctx.cut_short:
+        trial.set_user_attr("note", shared.ctx.cut_short)
     if shared.ctx.deadline.search_remaining() <= 0:
         raise TrainingStopped("the search's time ran out before the candidate was scored")
     t_tail = time.monotonic()
@@ -131,6 +134,8 @@ def _fit_to_time(recipe, ctx, trial):
     steps). The recipe kept with the trial says what ran, so a replay does the same."""
     e = ctx.epoch_s
     left = ctx.deadline.search_remaining() - ctx.deadline.tail_s
+    if recipe.distill and getattr(ctx, "teacher_cache", None) is None:
+        left -= (e or 0.0) / 3      # the teacher's logits over the training set, once per search
     if not e or recipe.finetune_epochs <= 0 or ctx.finetune is not None or math.isinf(left):
         return recipe
     affordable = FIT_MARGIN * max(left, 0.0) / e
