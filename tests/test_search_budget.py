@@ -169,6 +169,20 @@ def test_speed_budget_times_interleaved_and_remeasures_the_winner(small, tmp_pat
     assert (tmp_path / "best" / "model.acz").exists() and res.final.storage_bytes
 
 
+@pytest.mark.parametrize("objective, ratio, met", [("fastest", 0.9, False), ("fastest", 1.3, True),
+                                                   ("smallest", 0.9, True)])
+def test_a_fastest_winner_slower_than_the_original_does_not_meet_the_budget(monkeypatch, objective, ratio, met):
+    from types import SimpleNamespace
+
+    from autocompress.search import finish, trial
+    monkeypatch.setattr(trial, "speedup", lambda *a, **k: SimpleNamespace(speedup=ratio, low=ratio - 0.05,
+                                                                           high=ratio + 0.05, rounds=40))
+    shared = SimpleNamespace(budget=Budget(max_drop=0.3, objective=objective), quick=True)
+    ok, note = finish._remeasure(shared, "cand.onnx", True)
+    assert ok is met
+    assert ("SLOWER" in note) == (ratio < 1)
+
+
 def test_deadline_keeps_the_reserve_and_learns_the_tail():
     from autocompress.search.deadline import Deadline
     d = Deadline(100.0)

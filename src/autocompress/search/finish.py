@@ -197,4 +197,8 @@ def _remeasure(shared, onnx_path, met: bool) -> tuple[bool, str]:
                 f"({t.rounds} interleaved rounds): no speed-up")
     if b.min_speedup is not None and t.speedup < b.min_speedup:
         met = False
+    if b.objective == "fastest" and t.speedup < 1.0:
+        # the original itself is faster: "fastest" is not met by a slower model, however small
+        # (SmallResNet: int8 with low-rank read 1.05x in its trial, 0.90x re-measured)
+        met = False
     return met, note
