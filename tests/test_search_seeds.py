@@ -103,7 +103,8 @@ def test_a_trial_fine_tune_is_shortened_to_the_time_left():
     left = 300.0 - 40.0 - 10.0
     assert fitted.finetune_epochs == pytest.approx(FIT_MARGIN * left / 100.0, abs=0.02)
     assert fitted.structured_ratio == 0.5 and attrs["finetune_planned"] == 4.0
-    assert _fit_to_time(Recipe(structured_ratio=0.5, distill=False, finetune_epochs=1.0), ctx, trial).finetune_epochs == 1.0
+    short = Recipe(structured_ratio=0.5, distill=False, finetune_epochs=1.0)
+    assert _fit_to_time(short, ctx, trial).finetune_epochs == 1.0
     assert _fit_to_time(Recipe(quant="int8", finetune_epochs=0.0), ctx, trial).finetune_epochs == 0.0
     ctx.epoch_s = None                                         # the user's loop: nothing to time
     assert _fit_to_time(r, ctx, trial) is r
