@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autocompress.prune import SensitivityResult
-from autocompress.prune.latency_path import latency_path, point_for
+from autocompress.prune.latency_path import SAVED_TOL, latency_path, point_for
 from zoo import build
 
 
@@ -39,7 +39,7 @@ def test_path_thins_the_layer_that_saves_time_first_not_the_one_with_macs():
     assert all(set(p["ratios"]) == {"features.0"} for p in path)    # the others save nothing: left alone
     assert path[-1]["saved"] == pytest.approx(0.8 * 0.75, abs=0.05)
     # a ratio is a share of the time: the first point that saves it; beyond the path, MACs decide
-    assert point_for(path, 0.3)["saved"] >= 0.3 and point_for(path, 0.99) is None
+    assert point_for(path, 0.3)["saved"] >= 0.3 - SAVED_TOL and point_for(path, 0.99) is None
     assert point_for([], 0.5) is None
 
 

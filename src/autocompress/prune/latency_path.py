@@ -98,5 +98,10 @@ def point_for(path: list[dict], share: float) -> dict | None:
     """The first point that saves ``share`` of the time; ``None`` beyond the path (a share the
     walk could not reach at a recoverable drop, or its probe ran out of time): MACs decide there.
     On a model whose time is mostly fixed overhead (a tiny MLP) no point saves much, and a
-    modest share taken as "the deepest point" would cut it to a few units."""
-    return next((p for p in path or () if p["saved"] >= share), None)
+    modest share taken as "the deepest point" would cut it to a few units.
+    A point within ``SAVED_TOL`` of the share counts (the probe's timings are that noisy): a
+    30 % recipe must not jump to a much deeper point because the nearer one timed 29.7 %."""
+    return next((p for p in path or () if p["saved"] >= share - SAVED_TOL), None)
+
+
+SAVED_TOL = 0.02

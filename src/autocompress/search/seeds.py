@@ -61,7 +61,7 @@ def predicted_drop(sens: dict | None, target: float) -> float | None:
     if sens.get("latency_path"):       # a speed budget's timed path: the target is a share of time
         from autocompress.prune.latency_path import point_for
         p = point_for(sens["latency_path"], target)
-        return p["drop"] if p is not None and p["saved"] >= target else None
+        return p["drop"] if p is not None else None
     from autocompress.prune import SensitivityResult, allocate_ratios
     res = SensitivityResult.from_dict(sens)
     try:
