@@ -145,13 +145,18 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     return model
 
 
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers that keep running statistics (the ones :func:`reestimate_bn` redoes)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> nn.Module:
     """Recompute every BatchNorm's running statistics from ``inputs`` (train-mode forward passes,
     no gradients, a cumulative average): after channels are removed or a layer is factorized the
     old statistics describe activations that no longer exist (a torchvision model, BN momentum
     0.01, scored 10.7 % in eval mode until they were recomputed). Other layers stay in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = batchnorms(model)
     if not bns:
         return model
     was = model.training

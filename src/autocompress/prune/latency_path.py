@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # predicted accuracy lost before any fine-tune beyond which no fine-tune wins it back: the walk ends
 HOPELESS = 0.5
+# shares of time saved this close count as reached: the probe's timings are that noisy
+SAVED_TOL = 0.02
 
 Speed = Callable[[nn.Module], "float | None"]   # speed-up of a pruned copy over the original, None: stop
 
@@ -103,5 +105,3 @@ def point_for(path: list[dict], share: float) -> dict | None:
     30 % recipe must not jump to a much deeper point because the nearer one timed 29.7 %."""
     return next((p for p in path or () if p["saved"] >= share - SAVED_TOL), None)
 
-
-SAVED_TOL = 0.02

@@ -80,9 +80,10 @@ def run(model: nn.Module, recipe, ctx) -> nn.Module:
 
 def _sensitivity(model: nn.Module, evaluate, ratios, stop, ctx) -> dict:
     from autocompress.prune import sensitivity
+    from autocompress.train import batchnorms
     from autocompress.train import reestimate_bn as _reestimate
     calib = None
-    if _has_bn(model):
+    if batchnorms(model):
         # the trials re-estimate BatchNorm after pruning: so must the copies that predict them
         calib = ctx.data.calibration_batch(128 if ctx.quick else 256, seed=ctx.seed)
     res = sensitivity(model, evaluate, ratios=ratios, kind="structured", example_input=ctx.example, stop=stop,
@@ -95,11 +96,6 @@ def _sensitivity(model: nn.Module, evaluate, ratios, stop, ctx) -> dict:
         if path:
             out["latency_path"] = path
     return out
-
-
-def _has_bn(model: nn.Module) -> bool:
-    from torch import nn
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
 
 
 TECHNIQUE = register(Technique(
