@@ -12,7 +12,7 @@ from autocompress.search.seeds import cap_epochs, epoch_seconds, predicted_drop
 from autocompress.search.recipe import Recipe
 from autocompress.search.space import seed_recipes
 
-GRID = [0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]
+GRID = [0.0, 0.15, 0.2, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]
 EPOCHS = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 FASTEST = Budget(max_drop=0.3, objective="fastest", latency_batch=64)
 
@@ -75,6 +75,18 @@ def test_fine_tunes_are_capped_to_what_the_search_time_pays_for():
     # seed_recipes applies the cap to every objective's seeds
     small = seed_recipes(Budget(objective="smallest"), ("prune", "cluster", "quantize"), epoch_s=100.0, search_s=600.0)
     assert max(r.finetune_epochs for r in small) <= 1.0
+
+
+def test_seeds_the_cap_makes_identical_run_once_and_leave_their_time_to_the_others():
+    # a fragile model's sensitivity placed its levels on 15, 15, 20, 20 %; the cap (1 epoch each
+    # for four) made the pairs identical: two trials would have repeated two others
+    seeds = [Recipe(quant="int8", finetune_epochs=0.0)] + [
+        Recipe(structured_ratio=r, finetune_epochs=e) for r, e in ((0.15, 1.0), (0.15, 2.0), (0.2, 2.0), (0.2, 4.0))]
+    capped = cap_epochs(seeds, epoch_s=50.0, search_s=400.0, epoch_grid=EPOCHS)
+    assert [(r.structured_ratio, r.finetune_epochs) for r in capped] == [(0.0, 0.0), (0.15, 1.0), (0.2, 2.0)]
+    # with time for each, none is dropped: they differ in their fine-tunes
+    roomy = cap_epochs(seeds, epoch_s=10.0, search_s=1000.0, epoch_grid=EPOCHS)
+    assert len(roomy) == len(seeds)
 
 
 def test_epoch_seconds_times_steps_without_touching_the_model():

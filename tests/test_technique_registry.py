@@ -116,3 +116,15 @@ def test_distill_declares_its_temperature_and_alpha():
     assert t.settings(Recipe(temperature=3.0, alpha=0.25)) == Distill(distill=True, temperature=3.0, alpha=0.25)
     sampled = Recipe(**t.recipe_kwargs({"distill": True}))
     assert (sampled.distill, sampled.temperature, sampled.alpha) == (True, 2.0, 0.5)
+
+
+def test_a_speed_budget_searches_only_settings_that_can_make_the_model_faster():
+    # 2-4-bit weights and mixed precision shrink the file; the runtimes run them as int8 at best
+    def sampled(budget):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        return [space.sample(study.ask(), budget, ("structured", "quantize", "distill")) for _ in range(60)]
+    fast = sampled(Budget(max_drop=0.3, objective="fastest"))
+    assert {r.quant for r in fast} == {"none", "int8", "qat"}
+    assert {r.weight_bits for r in fast} == {8}
+    small = sampled(Budget(max_drop=0.3, objective="smallest", min_speedup=1.5))   # both kinds: everything
+    assert "mixed" in {r.quant for r in small} and {2, 4} <= {r.weight_bits for r in small}

@@ -340,13 +340,21 @@ def _optimize(study, shared: _Shared, max_trials: int | None, deadline: Deadline
             study.stop()
 
     timeout = deadline.search_remaining()
+    from autocompress.search.followup import follow_up
     from autocompress.search.progress import TrialProgress, search_started
     from autocompress.search.trial import score
     search_started(max_trials, timeout)
     progress = TrialProgress(max_trials, _counted, lambda a: score(a, shared.budget), deadline.search_remaining)
+
+    def near_miss(study, trial) -> None:
+        try:
+            follow_up(study, trial, shared, deadline)
+        except Exception as e:  # noqa: BLE001 - a proposal, never a reason to end the search
+            log.warning("no follow-up for trial %d (%s: %s)", trial.number, type(e).__name__, e)
+
     study.optimize(lambda t: _objective(t, shared), n_trials=None if cap is None else cap - len(study.trials),
                    timeout=None if math.isinf(timeout) else max(timeout, 1e-3), catch=(Exception,),
-                   gc_after_trial=True, callbacks=[progress, enough])
+                   gc_after_trial=True, callbacks=[progress, near_miss, enough])
 
 
 def _run_workers(shared: _Shared, url: str, seed: int, n_trials: int | None, deadline: Deadline,

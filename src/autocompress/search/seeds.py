@@ -11,6 +11,7 @@ sensitivity says is free) are scored first, in seconds.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -139,10 +140,30 @@ def derived_levels(tech, sens: dict | None, budget: Budget, choices: dict) -> di
 def cap_epochs(seeds: list[Recipe], epoch_s: float | None, search_s: float, epoch_grid: list[float]) -> list[Recipe]:
     """Fine-tunes the search time can pay for: the seeds that train together get at most
     ``SEED_SHARE`` of it (each the same cap, snapped down to the grid), so on a model whose epoch
-    takes minutes the sampler still gets its turn."""
+    takes minutes the sampler still gets its turn. Seeds the cap makes identical run once (levels
+    that differed only in their fine-tune length, or that a fragile model's sensitivity placed on
+    the same ratio: SmallResNet's were 15, 15, 20, 20 %), and the time goes to the others."""
+    while True:
+        pairs = _cap(seeds, epoch_s, search_s, epoch_grid)
+        seen: set[str] = set()
+        twins = []
+        for orig, capped in pairs:
+            key = json.dumps(capped.to_dict(), sort_keys=True, default=str)
+            if key in seen:
+                twins.append(orig)
+            seen.add(key)
+        if not twins:
+            return [c for _, c in pairs]
+        log.info("%d seed(s) identical to an earlier one once capped: dropped", len(twins))
+        seeds = [r for r in seeds if not any(r is t for t in twins)]
+
+
+def _cap(seeds: list[Recipe], epoch_s: float | None, search_s: float,
+         epoch_grid: list[float]) -> list[tuple[Recipe, Recipe]]:
+    """(seed, its capped version) for the seeds kept (see :func:`cap_epochs`)."""
     trained = [r for r in seeds if r.finetune_epochs > 0]
     if not trained or not epoch_s or math.isinf(search_s):
-        return seeds
+        return [(r, r) for r in seeds]
     affordable = SEED_SHARE * search_s / (len(trained) * epoch_s)
     if affordable < MIN_SEED_EPOCHS and len(trained) > 1:
         # too short to recover anything (MobileNetV3 on 2 cores: 0.25 epochs each, every one out
@@ -157,7 +178,8 @@ def cap_epochs(seeds: list[Recipe], epoch_s: float | None, search_s: float, epoc
         log.info("one fine-tuning epoch takes %.1f s: seed fine-tunes capped at %.2f epochs", epoch_s, affordable)
     out = []
     for r in seeds:
+        c = r
         if r.finetune_epochs > 0:
-            r = Recipe.from_dict({**r.to_dict(), "finetune_epochs": _epochs(r.finetune_epochs, affordable, epoch_grid)})
-        out.append(r)
+            c = Recipe.from_dict({**r.to_dict(), "finetune_epochs": _epochs(r.finetune_epochs, affordable, epoch_grid)})
+        out.append((r, c))
     return out

@@ -15,11 +15,21 @@ from autocompress.search.recipe import Recipe
 from autocompress import techniques as _tech
 
 
-def choices() -> dict[str, tuple[str | None, list, object]]:
+def choices(kind: str | None = None) -> dict[str, tuple[str | None, list, object]]:
     """parameter -> (technique that enables it, choices, value when the technique is off), from
-    the technique registry (then the parameters every recipe has)."""
-    out = {c.name: (t.name, list(c.values), c.off) for t in _tech.all_techniques() for c in t.choices}
-    return out | {c.name: (None, list(c.values), c.off) for c in _tech.COMMON}
+    the technique registry (then the parameters every recipe has); ``kind="speed"`` (a budget
+    that asks for speed alone, :func:`kind`) takes the choices' ``speed_values`` where given."""
+    def vals(c) -> list:
+        return list(c.speed_values if kind == "speed" and c.speed_values is not None else c.values)
+    out = {c.name: (t.name, vals(c), c.off) for t in _tech.all_techniques() for c in t.choices}
+    return out | {c.name: (None, vals(c), c.off) for c in _tech.COMMON}
+
+
+def kind(budget: Budget) -> str | None:
+    """"size" or "speed" when the budget asks for one of them alone, else None (both, or neither)."""
+    size = budget.min_size_ratio is not None or budget.max_size_bytes is not None or budget.objective == "smallest"
+    speed = budget.min_speedup is not None or budget.max_latency_ms is not None or budget.objective == "fastest"
+    return None if size == speed else ("size" if size else "speed")
 
 
 def __getattr__(name: str):
@@ -33,18 +43,16 @@ def useful(budget: Budget, techniques: Sequence[str]) -> tuple[str, ...]:
     runs sparse and clustered weights densely, so they cannot make a model faster; physically
     removed channels are a poor way to make it small next to sparsity + clustering). A budget
     with both a size and a speed target, or neither, keeps everything."""
-    size = budget.min_size_ratio is not None or budget.max_size_bytes is not None or budget.objective == "smallest"
-    speed = budget.min_speedup is not None or budget.max_latency_ms is not None or budget.objective == "fastest"
-    if size == speed:
+    k = kind(budget)
+    if k is None:
         return tuple(techniques)
-    kind = "size" if size else "speed"
-    return tuple(t for t in techniques if kind in _tech.get(t).serves)
+    return tuple(t for t in techniques if k in _tech.get(t).serves)
 
 
 def sample(trial, budget: Budget, techniques: Sequence[str]) -> Recipe:
     p = {}
     techniques = useful(budget, techniques)
-    for name, (tech, values, off) in choices().items():
+    for name, (tech, values, off) in choices(kind(budget)).items():
         if tech is None or tech in techniques:
             p[name] = trial.suggest_categorical(name, values)
         else:

@@ -26,10 +26,14 @@ KINDS = ("size", "speed")
 
 @dataclass(frozen=True)
 class Choice:
-    """One search parameter: its Optuna name, its values, and its value when not searched."""
+    """One search parameter: its Optuna name, its values, and its value when not searched.
+    ``speed_values``, when given, replace ``values`` for a budget that asks for speed alone:
+    settings that only shrink the file (weights below 8 bits run as int8 kernels or slower) cost
+    a speed search its trials and its accuracy for nothing."""
     name: str
     values: tuple
     off: Any
+    speed_values: tuple | None = None
 
 
 @dataclass(frozen=True)
