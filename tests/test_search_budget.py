@@ -231,3 +231,28 @@ def test_sensitivity_share_leaves_a_smoke_run_time_for_trials(quick, tmp_path, m
         assert phases[0] <= 0.1 * 120       # not a fifth of a smoke run's two minutes
     levels = {r.levelno for r in caplog.records if "abandoned" in r.getMessage()}
     assert levels == {logging.INFO if quick else logging.WARNING}
+
+
+@pytest.mark.parametrize("overhead, ratios", [(0.01, (0.25, 0.5, 0.75, 0.9)), (0.5, (0.25, 0.75, 0.9)),
+                                              (1.0, (0.25, 0.75))])
+def test_sensitivity_plan_counts_what_each_copy_costs_besides_its_evaluation(overhead, ratios, tmp_path, monkeypatch):
+    """A copy's pruning and BatchNorm pass cost MobileNetV3 about 1 s, more than evaluating it on
+    256 samples: planned on evaluations alone, its analysis ran over and was abandoned."""
+    import autocompress.techniques as tech_mod
+    from types import SimpleNamespace
+    from torch.utils.data import TensorDataset
+
+    from autocompress.search.deadline import Deadline
+    from autocompress.search.steps import TrialContext, measure_sensitivity
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    ds = TensorDataset(x, y)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    ctx = TrialContext(data=Splits(ds, ds, ds, (8,), 3), teacher=model, example=x[:1], evaluate=lambda m: 0.0,
+                       finetune=None, seed=0, quick=False, work_dir=tmp_path, budget=Budget(), deadline=Deadline(20))
+    seen = []
+    plan = {"ratios": (0.25, 0.5, 0.75, 0.9), "overhead": lambda m: overhead,
+            "measure": lambda m, ev, rs, stop: seen.append(tuple(rs)) or {"ratios": list(rs)}}
+    monkeypatch.setattr(tech_mod, "get", lambda name: SimpleNamespace(sensitivity=lambda ctx: dict(plan)))
+    # 2 layers, 4 s allowed (a fifth of 20): 9 copies at 0.5 s are over, 7 are not; at 1 s only 5 fit
+    assert measure_sensitivity(model, ctx, ("toy",)) == {"toy": {"ratios": list(ratios)}}
+    assert seen == [ratios]

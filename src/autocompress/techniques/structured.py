@@ -98,6 +98,31 @@ def _sensitivity(model: nn.Module, evaluate, ratios, stop, ctx) -> dict:
     return out
 
 
+def _copy_seconds(model: nn.Module, ctx) -> float:
+    """Seconds one pruned copy of the analysis costs besides its evaluation: copy, prune one layer
+    at half its channels, count its MACs, re-estimate BatchNorm (timed once, on the first layer)."""
+    import copy
+    import time
+
+    from autocompress.prune import StructuredPruneConfig, StructuredPruneError, prune_channels_
+    from autocompress.prune.structured import model_cost, prunable_layers
+    from autocompress.train import batchnorms
+    from autocompress.train import reestimate_bn as _reestimate
+    names = list(prunable_layers(model, ctx.example, StructuredPruneConfig(ratio=0.0)))
+    if not names:
+        return 0.0
+    t0 = time.monotonic()
+    m = copy.deepcopy(model)
+    try:
+        prune_channels_(m, StructuredPruneConfig(ratio=0.0, per_layer={names[0]: 0.5}), ctx.example)
+    except StructuredPruneError:
+        pass
+    model_cost(m, ctx.example, "macs")
+    if batchnorms(m):
+        _reestimate(m, ctx.data.calibration_batch(128 if ctx.quick else 256, seed=ctx.seed))
+    return time.monotonic() - t0
+
+
 TECHNIQUE = register(Technique(
     "structured", serves=frozenset({"speed"}), fields=("structured_ratio", "layer_ratios", "round_to"),
     # the low end matters for speed budgets, where the ratio is the share of the runtime's time
@@ -111,7 +136,8 @@ TECHNIQUE = register(Technique(
     seed_levels=tuple({"structured_ratio": s} for s in (0.5, 0.8, 0.9, 0.9)),
     sensitivity_seeds="structured_ratio",
     sensitivity=lambda ctx: {"ratios": (0.25, 0.5, 0.75, 0.9),
-                             "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx)},
+                             "measure": lambda m, ev, ratios, stop: _sensitivity(m, ev, ratios, stop, ctx),
+                             "overhead": lambda m: _copy_seconds(m, ctx)},
     to_recipe=lambda p: dict(structured_ratio=float(p.get("structured_ratio", 0.0)),
                              round_to=int(p.get("round_to", 8))),
     from_recipe=lambda r: dict(structured_ratio=r.structured_ratio, round_to=r.round_to)))
