@@ -19,7 +19,8 @@ from autocompress.search.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-NEAR = 1.5          # a miss of at most this many allowed drops is near
+NEAR = 3.0          # a miss of at most this many allowed drops is near (MobileNetV3: -50 % of
+#                     its MACs after 1 epoch missed a 0.3-point budget by 0.46 points)
 LONGER = 1.5        # the follow-up's fine-tune is at least this much longer than the miss's
 
 
