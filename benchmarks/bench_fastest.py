@@ -48,9 +48,9 @@ from autocompress.train import TrainConfig, fit, reestimate_bn  # noqa: E402
 MAX_DROP = 0.3      # points
 BATCH = 64
 MODELS = ("lenet5", "resnet", "mobilenet_v3_small")
-# compress()'s time_limit_s per model unless --time-limit says otherwise: about twenty epochs of
-# the model's distilled fine-tune on 2 cores (LeNet-5 ~10 s, SmallResNet ~45 s, MobileNetV3 ~60 s
-# an epoch), so that the few fine-tunes a fragile model needs to get back within 0.3 points fit
+# compress()'s time_limit_s per model unless --time-limit says otherwise: 10-20 epochs of the
+# model's fine-tune on 2 cores (an epoch: LeNet-5 ~20 s, SmallResNet ~45 s, MobileNetV3 ~100-130 s),
+# so that the few longer fine-tunes a fragile model needs to get back within 0.3 points fit
 LIMITS = {"lenet5": 300.0, "resnet": 900.0, "mobilenet_v3_small": 1200.0}
 
 
