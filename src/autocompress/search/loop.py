@@ -347,6 +347,8 @@ def _optimize(study, shared: _Shared, max_trials: int | None, deadline: Deadline
     progress = TrialProgress(max_trials, _counted, lambda a: score(a, shared.budget), deadline.search_remaining)
 
     def near_miss(study, trial) -> None:
+        if max_trials is not None and _counted(study) >= max_trials:
+            return        # no trial runs after this one: nothing to follow up
         try:
             follow_up(study, trial, shared, deadline)
         except Exception as e:  # noqa: BLE001 - a proposal, never a reason to end the search
