@@ -11,7 +11,6 @@ sensitivity says is free) are scored first, in seconds.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -145,13 +144,7 @@ def cap_epochs(seeds: list[Recipe], epoch_s: float | None, search_s: float, epoc
     the same ratio: SmallResNet's were 15, 15, 20, 20 %), and the time goes to the others."""
     while True:
         pairs = _cap(seeds, epoch_s, search_s, epoch_grid)
-        seen: set[str] = set()
-        twins = []
-        for orig, capped in pairs:
-            key = json.dumps(capped.to_dict(), sort_keys=True, default=str)
-            if key in seen:
-                twins.append(orig)
-            seen.add(key)
+        twins = [orig for i, (orig, capped) in enumerate(pairs) if any(capped == c for _, c in pairs[:i])]
         if not twins:
             return [c for _, c in pairs]
         log.info("%d seed(s) identical to an earlier one once capped: dropped", len(twins))

@@ -85,7 +85,7 @@ def _sensitivity(model: nn.Module, evaluate, ratios, stop, ctx) -> dict:
     calib = None
     if batchnorms(model):
         # the trials re-estimate BatchNorm after pruning: so must the copies that predict them
-        calib = ctx.data.calibration_batch(128 if ctx.quick else 256, seed=ctx.seed)
+        calib = _calibration(ctx)
     res = sensitivity(model, evaluate, ratios=ratios, kind="structured", example_input=ctx.example, stop=stop,
                       after_prune=None if calib is None else (lambda m: _reestimate(m, calib)))
     speed = getattr(ctx, "speed_probe", None)
@@ -96,6 +96,11 @@ def _sensitivity(model: nn.Module, evaluate, ratios, stop, ctx) -> dict:
         if path:
             out["latency_path"] = path
     return out
+
+
+def _calibration(ctx):
+    """The images each pruned copy of the analysis re-estimates its BatchNorm statistics on."""
+    return ctx.data.calibration_batch(128 if ctx.quick else 256, seed=ctx.seed)
 
 
 def _copy_seconds(model: nn.Module, ctx) -> float:
@@ -119,7 +124,7 @@ def _copy_seconds(model: nn.Module, ctx) -> float:
         pass
     model_cost(m, ctx.example, "macs")
     if batchnorms(m):
-        _reestimate(m, ctx.data.calibration_batch(128 if ctx.quick else 256, seed=ctx.seed))
+        _reestimate(m, _calibration(ctx))
     return time.monotonic() - t0
 
 
