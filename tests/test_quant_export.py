@@ -217,3 +217,23 @@ def test_mixed_precision_backs_off_and_skips_a_worse_level():
     assert res.precision["net.2"] == "fp32" and "w8a8 measured worse, skipped" in res.reason["net.2"]
     assert res.budget_met and res.accuracy == pytest.approx(scripted(model))
     assert any(not h["kept"] for h in res.history)
+
+
+def test_mixed_precision_falls_back_to_one_level_for_all_when_no_single_raise_helps():
+    """Scripted: while any layer is at 2 bits the model is at chance and every single raise reads
+    a little worse (noise), so the per-layer climb backs every layer off; w8a8 for all holds."""
+    from autocompress.quantize.ptq import wrappers_of
+
+    def scripted(m):
+        modes = [(w.mode, w.w_q.bits) for w in wrappers_of(m).values()]
+        if any(mode == "static" and bits == 2 for mode, bits in modes):
+            return 0.10 - 0.001 * sum(mode != "static" or bits != 2 for mode, bits in modes)
+        return 1.0 - 0.001 * sum(mode == "static" for mode, _ in modes)
+
+    model, _ = build("mlp")
+    cfg = MixedPrecisionConfig(levels=[Precision(2, 8), Precision(8, 8), Precision(None, None)], max_drop=0.01)
+    res = mixed_precision_(model, cfg, batch_of("mlp", 32), scripted)
+    assert res.budget_met and set(res.precision.values()) == {"w8a8"}
+    assert res.accuracy == pytest.approx(scripted(model))
+    assert all("with every layer" in r for r in res.reason.values())
+    assert res.history[-1]["step"] == "every layer at w8a8 or above" and res.history[-1]["kept"]

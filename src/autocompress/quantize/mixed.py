@@ -4,8 +4,9 @@
 that layer quantized at the lowest level), quantizes everything at the lowest level, then raises
 the most sensitive layers one level at a time (e.g. w4a8 -> w8a8 -> fp32) until the accuracy budget
 holds. A step that makes accuracy worse is not kept: the levels above it are tried, and if all are
-worse the layer is backed off to where it was. The result names every layer's precision, the reason
-and the full history of steps.
+worse the layer is backed off to where it was. If the climb ends short of the budget (near chance
+accuracy no single raise measures better), every layer goes up to the lowest level that holds it.
+The result names every layer's precision, the reason and the full history of steps.
 
 The latency guard, which measures on ONNX Runtime, lives in :mod:`autocompress.targets.ort_guard`.
 """
@@ -91,6 +92,33 @@ def _set(model: nn.Module, cfg: MixedPrecisionConfig, levels: dict[str, int]) ->
     apply_static(model, cfg.ptq, {n: cfg.levels[i].pair() for n, i in levels.items()})
 
 
+def _uniform_fallback(model, cfg, evaluate, names, levels, acc, reference, reason, history):
+    """The lowest level that, raised to for every layer, holds the budget: used when the per-layer
+    climb ends short of it.
+
+    Near chance accuracy (every layer at 2 bits) raising one layer changes nothing measurable:
+    each raise reads as noise, the layers are backed off one by one and the climb stops far below
+    the budget (a SmallResNet trial read 96.7 % before quantizing, 22 % after). The top level
+    (fp32 by default) holds by construction."""
+    for up in range(1, len(cfg.levels)):
+        trial = {n: max(levels[n], up) for n in names}
+        if trial == levels:
+            continue
+        _set(model, cfg, trial)
+        new = evaluate(model)
+        lvl = cfg.levels[up].label
+        history.append({"step": f"every layer at {lvl} or above", "accuracy": new, "kept": new > acc})
+        if new > acc:
+            for n in names:
+                if trial[n] != levels[n]:
+                    reason[n] = (f"raised to {lvl} with every layer: the per-layer climb ended at "
+                                 f"accuracy {acc:.4f}, every layer at {lvl} or above measured {new:.4f}")
+            levels, acc = trial, new
+        if reference - acc <= cfg.max_drop:
+            break
+    return levels, acc
+
+
 @torch.no_grad()
 def _output_error(model: nn.Module, x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((pick_output(call_model(model, x)) - ref) ** 2).mean())
@@ -151,6 +179,8 @@ def mixed_precision_(model: nn.Module, config: MixedPrecisionConfig, calibration
                 break
         if not moved:
             break
+    if reference - acc > cfg.max_drop:
+        levels, acc = _uniform_fallback(model, cfg, evaluate, names, levels, acc, reference, reason, history)
     _set(model, cfg, levels)
     for n in names:
         wrappers_of(model)[n].reason = f"mixed precision: {reason[n]}"
