@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from autocompress.config import Config, ConfigError
@@ -47,6 +47,9 @@ class TrainConfig(Config):
     schedule: Literal["cosine", "constant"] = "cosine"
     seed: int = 0
     progress: bool = True
+    # "auto": bf16 autocast on a CUDA device that has it, fp32 elsewhere and while fake quantizers
+    # train (QAT simulates the integer grid; bf16's 8-bit mantissa would round x / scale off it)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def validate(self) -> None:
         if self.epochs < 0:
@@ -96,8 +99,7 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     loss_fn = loss_fn or cross_entropy
     torch.manual_seed(cfg.seed)
     if isinstance(data, torch.utils.data.Dataset):
-        data = DataLoader(data, batch_size=cfg.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+        data = _shuffled_batches(data, cfg.batch_size, cfg.seed)
     steps_per_epoch = len(data)  # type: ignore[arg-type]
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch)) if cfg.epochs > 0 else 0
     if total == 0:
@@ -106,6 +108,7 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     dev = home if device is None else resolve_device(device)
     if dev != home:
         model.to(dev)
+    bf16 = use_bf16(cfg.precision, dev, model)
     opt = make_optimizer(model, cfg)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
              if cfg.schedule == "cosine" else None)
@@ -120,7 +123,8 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
                     x, y = _to(x, dev), y.to(dev, non_blocking=True)
                 if stop is not None and stop():
                     raise TrainingStopped(f"{desc}: stopped after {step} of {total} steps", step, total)
-                loss = loss_fn(model, x, y)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = loss_fn(model, x, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; "
                                              f"lower the learning rate ({cfg.lr})")
@@ -143,6 +147,52 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
         if dev != home:
             model.to(home)
     return model
+
+
+def use_bf16(precision: str, dev: torch.device, model: nn.Module) -> bool:
+    """Whether ``fit`` runs its forward passes under bf16 autocast (see ``TrainConfig.precision``)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if dev.type != "cuda" or not torch.cuda.is_bf16_supported():
+        return False
+    from autocompress.quantize.fake_quant import ActQuantizer, WeightQuantizer
+    return not any(isinstance(m, (ActQuantizer, WeightQuantizer)) for m in model.modules())
+
+
+class _TensorBatches:
+    """Shuffled batches sliced straight out of a TensorDataset's tensors (through any Subsets of
+    it): every sample once per epoch, as a DataLoader gives them, without its per-sample indexing
+    and collation, which cost more than the steps themselves on a GPU (benchmarks/bench_device.py)."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], index: torch.Tensor | None,
+                 batch_size: int, seed: int) -> None:
+        self.tensors, self.index, self.batch_size = tensors, index, batch_size
+        self.n = len(tensors[0]) if index is None else len(index)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.gen)
+        if self.index is not None:
+            order = self.index[order]
+        for i in range(0, self.n, self.batch_size):
+            rows = order[i:i + self.batch_size]
+            yield tuple(t[rows] for t in self.tensors)
+
+
+def _shuffled_batches(ds: torch.utils.data.Dataset, batch_size: int, seed: int):
+    """A TensorDataset of (inputs, labels), bare or through Subsets, is batched by slicing; any
+    other dataset by a DataLoader."""
+    inner, index = ds, None
+    while isinstance(inner, Subset):
+        rows = torch.as_tensor(inner.indices, dtype=torch.long)
+        index = rows if index is None else rows[index]
+        inner = inner.dataset
+    if type(inner) is TensorDataset and len(inner.tensors) == 2 and len(ds) > 0:
+        return _TensorBatches(inner.tensors, index, batch_size, seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
 def batchnorms(model: nn.Module) -> list[nn.Module]:
