@@ -89,13 +89,18 @@ def test_seeds_the_cap_makes_identical_run_once_and_leave_their_time_to_the_othe
     assert len(roomy) == len(seeds)
 
 
-def test_epoch_seconds_times_steps_without_touching_the_model():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here"))])
+def test_epoch_seconds_times_steps_without_touching_the_model(device):
+    # timed where the fine-tunes run: on a GPU the CPU's figure would make every plan too cautious
     m = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
     before = [p.clone() for p in m.parameters()]
     ds = TensorDataset(torch.randn(640, 1, 4, 4), torch.randint(0, 4, (640,)))
-    s = epoch_seconds(m, ds, batch_size=64)
+    s = epoch_seconds(m, ds, batch_size=64, device=device)
     assert 0 < s < 10
-    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert all(torch.equal(a, b) and b.device.type == "cpu" for a, b in zip(before, m.parameters()))
+    tiny = TensorDataset(torch.randn(64, 1, 4, 4), torch.randint(0, 4, (64,)))   # one batch, timed 4 times
+    assert 0 < epoch_seconds(m, tiny, batch_size=64, device=device) < 10
 
 
 def test_a_trial_fine_tune_is_shortened_to_the_time_left():

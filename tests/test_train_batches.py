@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from autocompress.quantize.fake_quant import WeightQuantizer
-from autocompress.train import TrainConfig, _shuffled_batches, _TensorBatches, fit, use_bf16
+from autocompress.train import TrainConfig, shuffled_batches, _TensorBatches, fit, use_bf16
 
 
 def _nested(n=100):
@@ -20,7 +20,7 @@ def _nested(n=100):
 
 def test_subsets_of_a_tensor_dataset_are_sliced_every_sample_once_with_its_label():
     ds, x, y = _nested()
-    batches = _shuffled_batches(ds, batch_size=8, seed=0)
+    batches = shuffled_batches(ds, batch_size=8, seed=0)
     assert isinstance(batches, _TensorBatches) and len(batches) == len(DataLoader(ds, batch_size=8))
     epochs = []
     for _ in range(2):
@@ -32,7 +32,7 @@ def test_subsets_of_a_tensor_dataset_are_sliced_every_sample_once_with_its_label
         assert sorted(rows) == [ds[i][0][0].long().item() for i in range(len(ds))]
         epochs.append(rows)
     assert epochs[0] != epochs[1]                                     # reshuffled every epoch
-    again = [bx[:, 0].long().tolist() for bx, _ in _shuffled_batches(ds, 8, seed=0)]
+    again = [bx[:, 0].long().tolist() for bx, _ in shuffled_batches(ds, 8, seed=0)]
     assert sum(again, []) == epochs[0]                                # seeded: runs repeat
 
 
@@ -43,9 +43,9 @@ def test_other_datasets_keep_the_data_loader():
 
         def __getitem__(self, i):
             return torch.zeros(2), 0
-    assert isinstance(_shuffled_batches(Pairs(), 2, 0), DataLoader)
+    assert isinstance(shuffled_batches(Pairs(), 2, 0), DataLoader)
     three = TensorDataset(torch.zeros(4, 2), torch.zeros(4), torch.zeros(4))
-    assert isinstance(_shuffled_batches(three, 2, 0), DataLoader)
+    assert isinstance(shuffled_batches(three, 2, 0), DataLoader)
 
 
 def test_fit_trains_from_a_sliced_tensor_dataset():

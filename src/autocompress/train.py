@@ -99,7 +99,7 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
     loss_fn = loss_fn or cross_entropy
     torch.manual_seed(cfg.seed)
     if isinstance(data, torch.utils.data.Dataset):
-        data = _shuffled_batches(data, cfg.batch_size, cfg.seed)
+        data = shuffled_batches(data, cfg.batch_size, cfg.seed)
     steps_per_epoch = len(data)  # type: ignore[arg-type]
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch)) if cfg.epochs > 0 else 0
     if total == 0:
@@ -120,7 +120,7 @@ def fit(model: nn.Module, data: Iterable | torch.utils.data.Dataset, cfg: TrainC
         while step < total:
             for x, y in data:
                 if dev != home:
-                    x, y = _to(x, dev), y.to(dev, non_blocking=True)
+                    x, y = to_device(x, dev), y.to(dev, non_blocking=True)
                 if stop is not None and stop():
                     raise TrainingStopped(f"{desc}: stopped after {step} of {total} steps", step, total)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -182,7 +182,7 @@ class _TensorBatches:
             yield tuple(t[rows] for t in self.tensors)
 
 
-def _shuffled_batches(ds: torch.utils.data.Dataset, batch_size: int, seed: int):
+def shuffled_batches(ds: torch.utils.data.Dataset, batch_size: int, seed: int):
     """A TensorDataset of (inputs, labels), bare or through Subsets, is batched by slicing; any
     other dataset by a DataLoader."""
     inner, index = ds, None
@@ -227,7 +227,7 @@ def reestimate_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) 
     return model
 
 
-def _to(x, dev: torch.device):
+def to_device(x, dev: torch.device):
     """A batch on ``dev``: a tensor, or each tensor of a dict of keyword inputs."""
     if isinstance(x, dict):
         return {k: v.to(dev, non_blocking=True) for k, v in x.items()}

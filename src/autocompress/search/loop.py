@@ -138,6 +138,8 @@ def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
                       model_factory, deadline)
     from autocompress.train import resolve_device
     shared.ctx.device = str(resolve_device(device))
+    log.info("fine-tunes run on %s", torch.cuda.get_device_name(shared.ctx.device)
+             if shared.ctx.device.startswith("cuda") else shared.ctx.device)
     url = _storage_url(out, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shared.study_name = study_name
@@ -243,7 +245,7 @@ def _epoch_s(shared: _Shared) -> float | None:
         return None
     from autocompress.search.seeds import epoch_seconds
     try:
-        return epoch_seconds(shared.model, shared.ctx.train_set)
+        return epoch_seconds(shared.model, shared.ctx.train_set, device=shared.ctx.device)
     except Exception as e:  # noqa: BLE001 - the seeds then keep their nominal fine-tunes
         log.info("could not time a fine-tuning step (%s: %s)", type(e).__name__, e)
         return None
