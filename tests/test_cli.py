@@ -111,6 +111,16 @@ def test_run_then_resume(project, monkeypatch, capsys):
     (_, _, budget2), kw2 = calls[1]
     assert kw2["search"].resume is True and kw2["search"].techniques == ["prune", "quantize"] and budget2 == budget
     assert Path(kw2["results"].out_dir) == out
+    assert kw["training"].device == kw2["training"].device == "auto"     # the config's default
+
+    # --device reaches compress() and the saved run.yaml (resume keeps it unless told otherwise)
+    assert main(["-q", "run", str(cfg), "--out", str(work / "out" / "r2"), "--device", "cpu"]) == OK
+    assert calls[2][1]["training"].device == "cpu"
+    assert RunConfig.from_yaml(work / "out" / "r2" / "run.yaml").device == "cpu"
+    assert main(["-q", "resume", str(work / "out" / "r2")]) == OK
+    assert calls[3][1]["training"].device == "cpu"
+    assert main(["-q", "run", str(cfg), "--out", str(work / "out" / "r3"), "--device", "tpu"]) == BAD_INPUT
+    assert len(calls) == 4
 
 
 def test_run_exit_codes(project, monkeypatch, caplog):

@@ -95,6 +95,7 @@ def test_roundtrip_exact(tmp_path):
     ("model: lenet5\ndata: mnist\nbudget: {objective: tiny}\n", ["budget.objective", "smallest"]),
     ("model: lenet5\ndata: mnist\ntechniques: [prune, prune]\n", ["techniques", "more than once"]),
     ("model: lenet5\ndata: mnist\nstorage: study.db\n", ["storage", "sqlite:///"]),
+    ("model: lenet5\ndata: mnist\ndevice: gpu\n", ["RunConfig.device", "'gpu'", "cuda:N"]),
     ("model: [1, 2]\ndata: mnist\n", ["model", "expected a string"]),
 ])
 def test_bad_configs_name_the_field(tmp_path, text, words):

@@ -145,6 +145,23 @@ def test_device_option_resolves_and_trains_where_asked():
     assert next(model.parameters()).device.type == "cpu"
 
 
+def test_a_device_this_machine_lacks_fails_before_any_work(tmp_path):
+    from autocompress.config import ConfigError
+    from autocompress.search import ResultOptions, TrainingOptions, compress
+    from autocompress.train import resolve_device
+    with pytest.raises(ConfigError, match="'gpu0' is not a device"):
+        resolve_device("gpu0")
+    with pytest.raises(ConfigError, match="'meta'.*'cpu' or 'cuda'"):
+        resolve_device("meta")
+    bad = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=bad):
+        # no data is looked at, no baseline measured, nothing written: the device is checked first
+        compress(nn.Linear(4, 2), None, Budget(), training=TrainingOptions(device=bad),
+                 results=ResultOptions(out_dir=out))
+    assert not out.exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_fit_on_cuda_returns_the_model_home():
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))

@@ -101,7 +101,7 @@ def _search(cfg: Any, resolved: tuple[Any, Any, Any], resume: bool) -> int:
         result = compress(model, data, cfg.budget,
                           search=SearchOptions(techniques=list(cfg.techniques), storage=cfg.storage, seed=cfg.seed,
                                                workers=cfg.workers, resume=resume),
-                          training=TrainingOptions(evaluate=metric),
+                          training=TrainingOptions(evaluate=metric, device=cfg.device),
                           results=ResultOptions(out_dir=out, title=f"autocompress run: {cfg.model}",
                                                 model_factory=model_factory(cfg)))
         return _finish(result, out, "resumed run" if resume else "run")
@@ -109,7 +109,7 @@ def _search(cfg: Any, resolved: tuple[Any, Any, Any], resume: bool) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    cfg = _config(a.config, a.out, workers=a.workers, seed=a.seed)
+    cfg = _config(a.config, a.out, workers=a.workers, seed=a.seed, device=a.device)
     resolved = _resolve(cfg)          # a config that cannot load fails before anything is written
     out = Path(cfg.out_dir).resolve()
     cfg.out_dir = str(out)
@@ -127,7 +127,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
     path = Path(a.out_dir) / "run.yaml"
     if not path.exists():
         raise ConfigError(f"{a.out_dir} has no run.yaml: resume continues a folder made by `autocompress run`")
-    cfg = _config(str(path), workers=a.workers)
+    cfg = _config(str(path), workers=a.workers, device=a.device)
     cfg.out_dir = str(Path(a.out_dir).resolve())
     return _search(cfg, _resolve(cfg), resume=True)
 

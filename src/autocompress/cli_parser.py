@@ -28,6 +28,8 @@ def _p_run(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--out", help="output folder (default: the config's out_dir)")
     sp.add_argument("--workers", type=int, help="local worker processes sharing the study (default: config)")
     sp.add_argument("--seed", type=int, help="random seed (default: config)")
+    sp.add_argument("--device", help="where fine-tunes run: auto, cpu, cuda, cuda:N (default: config, auto: "
+                                     "CUDA if there is one); latency is measured on the target runtime")
 
 
 def _verbosity(p: argparse.ArgumentParser, top: bool) -> None:
@@ -82,6 +84,7 @@ def make_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) -> 
     sp = add("resume", commands["resume"], "continue an interrupted or finished run in OUT_DIR (same study)")
     sp.add_argument("out_dir", help="the output folder of an earlier `autocompress run`")
     sp.add_argument("--workers", type=int, help="worker processes (default: as before)")
+    sp.add_argument("--device", help="where fine-tunes run (default: as before)")
 
     sp = add("apply", commands["apply"], "replay a found recipe on a retrained model of the same architecture, "
                                  "without searching: the work of one trial (its fine-tune included) instead "

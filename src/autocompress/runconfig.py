@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class RunConfig(Config):
     seed: int = 0
     workers: int = 1
     storage: str | None = None           # Optuna storage URL; default: SQLite inside out_dir
+    device: str = "auto"                 # where fine-tunes run: auto (CUDA if there is one), cpu, cuda, cuda:N
     base_dir: str | None = None          # where relative paths/modules resolve; default: config's folder
 
     def validate(self) -> None:
@@ -79,6 +81,8 @@ class RunConfig(Config):
             raise ConfigError(f"RunConfig.techniques lists {dup} more than once")
         if self.workers < 1:
             raise ConfigError(f"RunConfig.workers must be >= 1, got {self.workers}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"RunConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.storage is not None and "://" not in self.storage:
             raise ConfigError(f"RunConfig.storage must be a database URL such as "
                               f"'sqlite:///study.db' or 'postgresql://user@host/db', got {self.storage!r}")

@@ -67,12 +67,21 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` (or None): CUDA when available, else the CPU; anything else as given, checked."""
+    """``"auto"`` (or None): CUDA when available, else the CPU; anything else as given, checked
+    here, before a search spends minutes on its baseline (the message names the device)."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r}: CUDA is not available here (use 'auto' or 'cpu')")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {str(device)!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: CUDA is not available here (use 'auto' or 'cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {str(device)!r}: fine-tunes run on 'cpu' or 'cuda' ('auto' picks)")
     return dev
 
 

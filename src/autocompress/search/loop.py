@@ -103,6 +103,8 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     the storage artifact). Each is its dataclass or a mapping of its fields; the flat keywords of
     earlier versions still work (``DeprecationWarning``)."""
     s, t, r = resolve_options(search, training, results, legacy)
+    from autocompress.train import resolve_device
+    resolve_device(t.device)      # a device this machine lacks fails before anything is written
     return _compress(model, data, budget, techniques=s.techniques, out_dir=r.out_dir, evaluate=t.evaluate,
                      finetune=t.finetune, storage=s.storage, seed=s.seed, workers=s.workers, resume=s.resume,
                      quick=t.quick, seeds=s.seeds, title=r.title, study_name=s.study_name,
@@ -123,6 +125,8 @@ def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     import optuna
 
     budget = budget or Budget()
+    from autocompress.train import resolve_device
+    device = str(resolve_device(device))
     from autocompress.techniques import names
     techniques = names() if techniques is None else techniques
     unknown = sorted(set(techniques) - set(names()))
@@ -136,8 +140,7 @@ def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     note("measuring the baseline and per-layer sensitivity (cached in out_dir for later runs)")
     shared = _prepare(model, data, budget, tuple(techniques), out, evaluate, finetune, seed, quick,
                       model_factory, deadline)
-    from autocompress.train import resolve_device
-    shared.ctx.device = str(resolve_device(device))
+    shared.ctx.device = device
     log.info("fine-tunes run on %s", torch.cuda.get_device_name(shared.ctx.device)
              if shared.ctx.device.startswith("cuda") else shared.ctx.device)
     url = _storage_url(out, storage)
