@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from autocompress.data import Splits
 from autocompress import safefs, targets
@@ -32,6 +33,7 @@ from autocompress.search.options import STUDY, ResultOptions, SearchOptions, Tra
 from autocompress.search.options import resolve as resolve_options
 from autocompress.search.result import Result
 from autocompress.search.steps import TrialContext
+from autocompress.search.threads import ThreadChoice, restores_threads
 from autocompress.search.trial import objective as _objective
 from autocompress.train import evaluate as _evaluate
 
@@ -89,6 +91,7 @@ class _Shared:
     study_name: str = STUDY
     best_model: tuple[int, nn.Module] | None = None
     base_measurement: object = None  # baseline measured on val+test up front (times the final step)
+    threads: object = None           # search/threads.ThreadChoice: timed again before every trial
 
 
 def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
@@ -112,6 +115,7 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
 
 
 @safefs.holds_out_dir()   # one run per out_dir at a time
+@restores_threads         # the search picks its own thread count (search/threads.py)
 def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
              techniques: Sequence[str] | None = None, out_dir: str | Path = "runs/compress",
              evaluate: Callable | None = None, finetune: Callable | None = None,
@@ -139,8 +143,7 @@ def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     from autocompress.search.progress import note
     note("measuring the baseline and per-layer sensitivity (cached in out_dir for later runs)")
     shared = _prepare(model, data, budget, tuple(techniques), out, evaluate, finetune, seed, quick,
-                      model_factory, deadline)
-    shared.ctx.device = device
+                      model_factory, deadline, device)
     log.info("fine-tunes run on %s", torch.cuda.get_device_name(shared.ctx.device)
              if shared.ctx.device.startswith("cuda") else shared.ctx.device)
     url = _storage_url(out, storage)
@@ -191,7 +194,7 @@ def resume(model: nn.Module, data: Splits, out_dir: str | Path, **kwargs) -> Res
 # -- setup ---------------------------------------------------------------------------------
 
 def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, quick,
-             model_factory=None, deadline: Deadline | None = None) -> _Shared:
+             model_factory=None, deadline: Deadline | None = None, device: str = "cpu") -> _Shared:
     from autocompress.measure import measure
     from autocompress.search.finish import REMEASURE_S, final_reserve_s
 
@@ -200,6 +203,9 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     deadline = deadline or Deadline(None)
     model = model.eval()
     check_run_inputs(model, data, class_labels=evaluate is None or finetune is None)   # before long work
+    threads = ThreadChoice()
+    threads.pick(model, Subset(data.train, range(min(3000, len(data.train)))) if quick else data.train,
+                 device, steps=3)                      # before the baseline and sensitivity run
     limit = 2000 if quick else None
     val = _val_evaluator(data, evaluate, limit)
     budget.to_yaml(out / "budget.yaml")
@@ -234,11 +240,12 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
                        seed=seed, quick=quick, work_dir=out / "work", budget=budget,
                        model_factory=model_factory or _copier(model), deadline=deadline,
                        rung_evaluate=_val_evaluator(data, evaluate, SUBSET),
-                       deployed_evaluate=_deployed_evaluator(target, data, evaluate, limit), baseline_path=base_onnx)
+                       deployed_evaluate=_deployed_evaluator(target, data, evaluate, limit), baseline_path=base_onnx,
+                       device=device)
     # only the techniques this budget will search are worth measuring
     ctx.sensitivity = _sensitivity(model, ctx, space_mod.useful(budget, techniques), out / "sensitivity.json")
     shared = _Shared(model, data, budget, techniques, out, ctx, base, base_onnx, quick)
-    shared.base_measurement = base_m
+    shared.base_measurement, shared.threads = base_m, threads
     return shared
 
 
@@ -397,6 +404,7 @@ def _worker_main(shared: _Shared, url: str, seed: int, n_trials: int | None, dea
     _optimize(study, shared, shared.budget.max_trials, deadline)
 
 
+@restores_threads
 def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str, *,
                techniques: Sequence[str] | None = None, n_trials: int | None = None,
                timeout: float | None = None, seed: int = 0, **kwargs) -> None:
@@ -409,9 +417,10 @@ def join_study(model: nn.Module, data: Splits, out_dir: str | Path, storage: str
     if techniques is None:
         from autocompress.techniques import names
         techniques = names()
+    from autocompress.train import resolve_device
     shared = _prepare(model, data, budget, tuple(techniques), out, kwargs.get("evaluate"),
                       kwargs.get("finetune"), seed, kwargs.get("quick", False), kwargs.get("model_factory"),
-                      deadline)
+                      deadline, str(resolve_device(kwargs.get("device", "auto"))))
     shared.study_name = kwargs.get("study_name", STUDY)
     if n_trials is not None:
         shared.budget = copy.copy(budget)

@@ -60,6 +60,10 @@ def objective(trial, shared):
 def _trial(trial, shared):
     import optuna
 
+    if shared.threads is not None:      # the machine's load changes: the thread count follows it
+        epoch_s = shared.threads.pick(shared.model, shared.ctx.train_set, shared.ctx.device)
+        if epoch_s is not None and shared.ctx.epoch_s is not None:
+            shared.ctx.epoch_s = epoch_s
     recipe = _fit_to_time(space_mod.sample(trial, shared.budget, shared.techniques), shared.ctx, trial)
     trial.set_user_attr("recipe", recipe.to_dict())
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
