@@ -164,8 +164,8 @@ def use_bf16(precision: str, dev: torch.device, model: nn.Module) -> bool:
         return precision == "bf16"
     if dev.type != "cuda" or not torch.cuda.is_bf16_supported():
         return False
-    from autocompress.quantize.fake_quant import ActQuantizer, WeightQuantizer
-    return not any(isinstance(m, (ActQuantizer, WeightQuantizer)) for m in model.modules())
+    # a module that says so (the fake quantizers) keeps its model's training in fp32
+    return not any(getattr(m, "fp32_training", False) for m in model.modules())
 
 
 class _TensorBatches:

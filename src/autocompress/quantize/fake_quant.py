@@ -57,6 +57,10 @@ class ActQuantizer(nn.Module):
     saturates at the same narrow range as this simulation.
     """
 
+    # train.fit keeps autocast off while a model holds one: bf16's 8-bit mantissa would round
+    # x / scale off the integer grid this module simulates
+    fp32_training = True
+
     def __init__(self, name: str, bits: int = 8, signed: bool = True) -> None:
         super().__init__()
         self.name, self.bits, self.signed = name, bits, signed
@@ -109,6 +113,10 @@ class WeightQuantizer(nn.Module):
 
     Scales have shape (C_out,) per channel, () per tensor, (C_out, G) per group.
     """
+
+    # train.fit keeps autocast off while a model holds one: bf16's 8-bit mantissa would round
+    # x / scale off the integer grid this module simulates
+    fp32_training = True
 
     def __init__(self, bits: int = 8, per_channel: bool = True, group_size: int | None = None,
                  symmetric: bool = True, method: Literal["minmax", "mse"] = "minmax",
