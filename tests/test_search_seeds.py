@@ -148,3 +148,34 @@ def test_a_fine_tune_the_deadline_cuts_late_is_scored_early_one_is_stopped():
     assert isinstance(m, nn.Linear) and "cut at 8 of 10 steps" in late.cut_short
     with pytest.raises(TrainingStopped, match="stopped after 2 of 10 steps"):
         train(nn.Linear(16, 4), r, ctx_expiring_after(2), 1.0)
+
+
+def test_a_speed_budget_leaves_int8_out_where_int8_alone_ran_slower():
+    # ORT on x86 without VNNI: int8 of the original at 0.9x; a sampled "-50 % + low-rank + int8"
+    # then runs without its int8 step (it can only be slower with it); a size budget keeps it
+    import optuna
+    from types import SimpleNamespace
+
+    from autocompress.search.trial import _without_slow_int8, slow_int8
+    study = optuna.create_study()
+
+    def done(recipe: Recipe, speed: float) -> None:
+        study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs={"recipe": recipe.to_dict(), "speedup": speed}))
+    done(Recipe(structured_ratio=0.5, quant="int8"), 0.8)            # not int8 alone: says nothing
+    assert slow_int8(study) is None
+    done(Recipe(quant="int8", distill=False, finetune_epochs=0.0), 1.3)
+    assert slow_int8(study) is None                                   # int8 is faster here
+    done(Recipe(quant="int8", distill=False, finetune_epochs=0.0), 0.92)
+    assert slow_int8(study) == (2, 0.92)
+
+    notes = {}
+    trial = SimpleNamespace(study=study, number=7, set_user_attr=notes.__setitem__)
+    sampled = Recipe(structured_ratio=0.5, rank_energy=0.95, quant="qat", weight_bits=8)
+    fastest = SimpleNamespace(budget=Budget(max_drop=0.3, objective="fastest"))
+    ran = _without_slow_int8(sampled, fastest, trial)
+    assert ran.quant == "none" and ran.structured_ratio == 0.5 and ran.rank_energy == 0.95
+    assert "trial #2" in notes["note"]
+    smallest = SimpleNamespace(budget=Budget(max_drop=0.3, objective="smallest"))
+    assert _without_slow_int8(sampled, smallest, trial) == sampled
+    plain = Recipe(structured_ratio=0.5)
+    assert _without_slow_int8(plain, fastest, trial) is plain
