@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import Subset
 
 from autocompress.data import Splits
 from autocompress import safefs, targets
@@ -32,7 +31,7 @@ from autocompress.search.recipe import Recipe
 from autocompress.search.options import STUDY, ResultOptions, SearchOptions, TrainingOptions
 from autocompress.search.options import resolve as resolve_options
 from autocompress.search.result import Result
-from autocompress.search.steps import TrialContext
+from autocompress.search.steps import TrialContext, fine_tune_set
 from autocompress.search.threads import ThreadChoice, restores_threads
 from autocompress.search.trial import objective as _objective
 from autocompress.train import evaluate as _evaluate
@@ -107,11 +106,11 @@ def compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
     earlier versions still work (``DeprecationWarning``)."""
     s, t, r = resolve_options(search, training, results, legacy)
     from autocompress.train import resolve_device
-    resolve_device(t.device)      # a device this machine lacks fails before anything is written
+    device = str(resolve_device(t.device))     # a device this machine lacks fails before anything is written
     return _compress(model, data, budget, techniques=s.techniques, out_dir=r.out_dir, evaluate=t.evaluate,
                      finetune=t.finetune, storage=s.storage, seed=s.seed, workers=s.workers, resume=s.resume,
                      quick=t.quick, seeds=s.seeds, title=r.title, study_name=s.study_name,
-                     model_factory=r.model_factory, device=t.device)
+                     model_factory=r.model_factory, device=device)
 
 
 @safefs.holds_out_dir()   # one run per out_dir at a time
@@ -122,15 +121,13 @@ def _compress(model: nn.Module, data: Splits, budget: Budget | None = None, *,
              storage: str | None = None, seed: int = 0, workers: int = 1, resume: bool = False,
              quick: bool = False, seeds: Iterable[Recipe] | None = None, title: str | None = None,
              study_name: str = STUDY, model_factory: Callable[[], nn.Module] | None = None,
-             device: str = "auto") -> Result:
+             device: str = "cpu") -> Result:
     """:func:`compress` with its options resolved. ``storage``: a ``postgresql://`` URL lets
-    workers on many machines join one study; ``device`` is where fine-tunes of plain (pruned /
+    workers on many machines join one study; ``device`` (resolved by compress) is where fine-tunes of plain (pruned /
     factorized) models run, measurement stays on ``budget.runtime``."""
     import optuna
 
     budget = budget or Budget()
-    from autocompress.train import resolve_device
-    device = str(resolve_device(device))
     from autocompress.techniques import names
     techniques = names() if techniques is None else techniques
     unknown = sorted(set(techniques) - set(names()))
@@ -204,8 +201,7 @@ def _prepare(model, data, budget, techniques, out, evaluate, finetune, seed, qui
     model = model.eval()
     check_run_inputs(model, data, class_labels=evaluate is None or finetune is None)   # before long work
     threads = ThreadChoice()
-    threads.pick(model, Subset(data.train, range(min(3000, len(data.train)))) if quick else data.train,
-                 device, steps=3)                      # before the baseline and sensitivity run
+    threads.pick(model, fine_tune_set(data, quick), device, steps=3)   # before the baseline and sensitivity run
     limit = 2000 if quick else None
     val = _val_evaluator(data, evaluate, limit)
     budget.to_yaml(out / "budget.yaml")
@@ -253,6 +249,9 @@ def _epoch_s(shared: _Shared) -> float | None:
     """One fine-tuning epoch's cost (seeds fit their fine-tunes to the time); unknown for the user's loop."""
     if shared.ctx.finetune is not None:
         return None
+    timed = shared.threads.times.get(shared.threads.current) if shared.threads is not None else None
+    if timed is not None:       # the thread choice has just timed this epoch at the count it kept
+        return timed
     from autocompress.search.seeds import epoch_seconds
     try:
         return epoch_seconds(shared.model, shared.ctx.train_set, device=shared.ctx.device)

@@ -62,9 +62,13 @@ class TrialContext:
 
     @property
     def train_set(self):
-        if self.quick:  # tests: a fixed few thousand samples are enough to exercise every path
-            return Subset(self.data.train, range(min(3000, len(self.data.train))))
-        return self.data.train
+        return fine_tune_set(self.data, self.quick)
+
+
+def fine_tune_set(data: Splits, quick: bool):
+    """What the search fine-tunes on: the train split, or in quick mode (tests) a fixed few
+    thousand samples of it, which are enough to exercise every path."""
+    return Subset(data.train, range(min(3000, len(data.train)))) if quick else data.train
 
 
 # -- fine-tuning ------------------------------------------------------------------------------
